@@ -1,0 +1,170 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: zabbix-tcp-status contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: tcp_status
+short_description: Count TCP sockets by state (IPv4 and IPv6) and return them as facts
+description:
+  - Counts the host's TCP sockets in each kernel state (ESTABLISHED, TIME_WAIT, LISTEN, ...), for IPv4 and
+    IPv6 together or one family, optionally only those on given local or remote ports.
+  - Reads the kernel's socket table through netlink sock_diag, falling back to C(/proc/net/tcp) and
+    C(/proc/net/tcp6) when netlink is refused, and to psutil only where neither exists (not Linux).
+  - The counting code is the same file that the role C(zabbix_tcp_status) installs as the Zabbix agent's script,
+    so the module and the agent always agree.
+  - Half-open request sockets (the kernel's NEW_SYN_RECV) are counted as C(SYN_RECV), as C(ss) and C(netstat)
+    show them. An IPv4 client of a dual-stack (C(::)) listener is an IPv6 socket, as in C(ss -6).
+version_added: "1.0.0"
+author:
+  - zabbix-tcp-status contributors
+options:
+  states:
+    description:
+      - The states to count. Netstat names (C(TIME_WAIT), C(LISTEN)) or ss names (C(time-wait), C(listening)),
+        any case.
+      - Counting fewer states is cheaper with the netlink backend, because the kernel skips the other sockets.
+      - Empty means every state.
+    type: list
+    elements: str
+    default: []
+  family:
+    description:
+      - Which address family's sockets to count.
+    type: str
+    choices: [all, ipv4, ipv6]
+    default: all
+  local_ports:
+    description:
+      - Count only sockets whose local port is one of these. Items are ports or ranges such as C(1024-65535).
+      - Empty means any port.
+    type: list
+    elements: str
+    default: []
+  remote_ports:
+    description:
+      - Count only sockets whose remote port is one of these, written as for O(local_ports).
+    type: list
+    elements: str
+    default: []
+  backend:
+    description:
+      - How to read the socket table. V(auto) tries V(netlink), then V(proc), then V(psutil), and reports which
+        answered in RV(backend).
+    type: str
+    choices: [auto, netlink, proc, psutil]
+    default: auto
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; returns the same counts in check mode.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  platform:
+    platforms: posix
+    details: Linux for the netlink and proc backends; elsewhere only with psutil installed on the target.
+notes:
+  - Runs on Python 2.7 (CentOS 7) and Python 3.6 and later targets, with no extra packages.
+  - The connection that Ansible itself uses is counted too (usually one ESTABLISHED socket on each end).
+seealso:
+  - name: ss(8)
+    description: The iproute2 tool that reads the same netlink interface.
+    link: https://man7.org/linux/man-pages/man8/ss.8.html
+'''
+
+EXAMPLES = r'''
+- name: Count every TCP state, IPv4 and IPv6
+  tcp_status:
+
+- name: Count established connections to a web server and fail when there are too many
+  tcp_status:
+    states: [ESTABLISHED]
+    local_ports: [80, 443]
+  register: web_conns
+  failed_when: web_conns.counts.ESTABLISHED > 5000
+
+- name: TIME_WAIT and CLOSE_WAIT of outgoing connections to PostgreSQL, IPv4 only
+  tcp_status:
+    states: [time-wait, close-wait]
+    remote_ports: ['5432']
+    family: ipv4
+
+# Ad hoc, across a fleet, one line per host:
+#   ansible all -m tcp_status -o
+#   ansible all -m tcp_status -a 'states=TIME_WAIT,CLOSE_WAIT' -o
+'''
+
+RETURN = r'''
+counts:
+  description: Sockets in each requested state (every state when O(states) is empty).
+  returned: always
+  type: dict
+  sample: {"ESTABLISHED": 12, "SYN_SENT": 0, "SYN_RECV": 0, "FIN_WAIT1": 0, "FIN_WAIT2": 1, "TIME_WAIT": 40,
+           "CLOSE": 0, "CLOSE_WAIT": 2, "LAST_ACK": 0, "LISTEN": 9, "CLOSING": 0}
+total:
+  description: The sum of RV(counts).
+  returned: always
+  type: int
+  sample: 64
+backend:
+  description: The backend that counted.
+  returned: always
+  type: str
+  sample: netlink
+family:
+  description: The address family counted.
+  returned: always
+  type: str
+  sample: all
+ansible_facts:
+  description: The same result as a fact.
+  returned: always
+  type: dict
+  contains:
+    tcp_status:
+      description: V(counts), V(total), V(backend), V(family), V(local_ports) and V(remote_ports) as above.
+      type: dict
+      returned: always
+      sample: {"counts": {"ESTABLISHED": 12, "LISTEN": 9, "TIME_WAIT": 40}, "total": 61, "backend": "netlink",
+               "family": "all", "local_ports": [], "remote_ports": []}
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+from ansible.module_utils.tcp_status_counter import BACKENDS, FAMILIES, TcpStatusError, count_states
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            states=dict(type='list', elements='str', default=[]),
+            family=dict(type='str', choices=list(FAMILIES), default='all'),
+            local_ports=dict(type='list', elements='str', default=[]),
+            remote_ports=dict(type='list', elements='str', default=[]),
+            backend=dict(type='str', choices=list(BACKENDS), default='auto'),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        result = count_states(states=params['states'], family=params['family'],
+                              local_ports=params['local_ports'], remote_ports=params['remote_ports'],
+                              backend=params['backend'])
+    except TcpStatusError as exc:
+        result = {'error': to_native(exc)}
+    if 'error' in result:
+        # Outside the except block, so that the failure is the message alone, not a traceback.
+        module.fail_json(msg=result['error'])
+    facts = dict(result, local_ports=params['local_ports'], remote_ports=params['remote_ports'])
+    module.exit_json(changed=False, ansible_facts={'tcp_status': facts}, **result)
+
+
+if __name__ == '__main__':
+    main()
