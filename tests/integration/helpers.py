@@ -1,0 +1,217 @@
+# -*- coding: utf-8 -*-
+"""Helpers of the counter's live tests: paths, interpreters, real loopback sockets, the ss and psutil
+oracles, and the ansible runners (the repo's controller venv and a cached ansible-core 2.16 venv)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE_UTILS = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'module_utils')
+COUNTER = os.path.join(MODULE_UTILS, 'tcp_status_counter.py')
+LIBRARY = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'library')
+VENV_BIN = os.path.dirname(sys.executable)
+
+# The script must run under CentOS 7's python 2.7 and python3 (3.6) and a current python 3.
+PYTHONS = {
+    '2.7': '/root/.pyenv/versions/2.7.18/bin/python',
+    '3.6': '/root/.pyenv/versions/3.6.15/bin/python',
+    '3.11': sys.executable,
+}
+
+# ansible-core 2.16: the last release that manages Python 2.7 and 3.6 targets. Cached outside the repo.
+AC216_VENV = os.environ.get('ZTS_AC216_VENV', '/root/.cache/zts/venv-ac216')
+AC216_REQUIREMENTS = os.path.join(REPO, 'tests', 'integration', 'requirements-ansible-core-2.16.txt')
+
+sys.path.insert(0, MODULE_UTILS)
+
+STATES = ('ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE',
+          'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING')
+SS_STATES = {'ESTAB': 'ESTABLISHED', 'SYN-SENT': 'SYN_SENT', 'SYN-RECV': 'SYN_RECV',
+             'FIN-WAIT-1': 'FIN_WAIT1', 'FIN-WAIT-2': 'FIN_WAIT2', 'TIME-WAIT': 'TIME_WAIT',
+             'UNCONN': 'CLOSE', 'CLOSE-WAIT': 'CLOSE_WAIT', 'LAST-ACK': 'LAST_ACK', 'LISTEN': 'LISTEN',
+             'CLOSING': 'CLOSING'}
+
+
+def zero_counts():
+    return dict((state, 0) for state in STATES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Oracles
+# --------------------------------------------------------------------------------------------------
+
+def ss_sockets(family='all'):
+    """Every TCP socket as (family, STATE, local port, remote port), from `ss -tanH` (iproute2)."""
+    rows = []
+    for name, flag in (('ipv4', '-4'), ('ipv6', '-6')):
+        if family not in ('all', name):
+            continue
+        out = subprocess.run(['ss', '-tanH', flag], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            rport = fields[4].rpartition(':')[2]
+            rows.append((name, SS_STATES[fields[0]], int(fields[3].rpartition(':')[2]),
+                         0 if rport == '*' else int(rport)))
+    return rows
+
+
+def tally_rows(rows, local=None, remote=None):
+    counts = zero_counts()
+    for _family, state, lport, rport in rows:
+        if (local is None or lport in local) and (remote is None or rport in remote):
+            counts[state] += 1
+    return counts
+
+
+def ss_counts(family='all', local=None, remote=None):
+    return tally_rows(ss_sockets(family), local, remote)
+
+
+def psutil_counts(family='all', local=None, remote=None):
+    import psutil
+    kind = {'all': 'tcp', 'ipv4': 'tcp4', 'ipv6': 'tcp6'}[family]
+    rows = []
+    for conn in psutil.net_connections(kind=kind):
+        if conn.status in STATES:
+            rows.append((None, conn.status, conn.laddr[1] if conn.laddr else 0, conn.raddr[1] if conn.raddr else 0))
+    return tally_rows(rows, local, remote)
+
+
+def within(value, before, after, slack=5, ratio=0.03):
+    """Is value inside the range an oracle read before and after, widened for the host's churn?"""
+    low, high = min(before, after), max(before, after)
+    margin = slack + int(ratio * high)
+    return low - margin <= value <= high + margin
+
+
+# --------------------------------------------------------------------------------------------------
+# Real sockets on loopback
+# --------------------------------------------------------------------------------------------------
+
+class SocketFarm(object):
+    """Real TCP sockets on 127.0.0.1 / ::1 in known states; close() closes every one of them.
+
+    Listener ports are checked to be unused by any other socket of the host (also as a remote port,
+    e.g. old TIME_WAIT), so counts filtered on them are exact.
+    """
+
+    ADDRESSES = {'ipv4': '127.0.0.1', 'ipv6': '::1'}
+
+    def __init__(self):
+        self.sockets = []
+        self.ports = []
+
+    def _keep(self, sock):
+        self.sockets.append(sock)
+        return sock
+
+    def listener(self, kind='ipv4', backlog=64):
+        """kind: ipv4 (127.0.0.1), ipv6 (::1, IPv6 only) or dual (::, dual-stack). Returns the port."""
+        for _attempt in range(20):
+            if kind == 'ipv4':
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                address = '127.0.0.1'
+            else:
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if kind == 'dual' else 1)
+                address = '::' if kind == 'dual' else '::1'
+            sock.bind((address, 0))
+            sock.listen(backlog)
+            port = sock.getsockname()[1]
+            rows = [row for row in ss_sockets() if port in (row[2], row[3])]
+            if len(rows) == 1 and rows[0][1] == 'LISTEN':
+                self._keep(sock)
+                self.ports.append(port)
+                return port
+            sock.close()  # the port is still in use elsewhere (e.g. as a remote port in TIME_WAIT)
+        raise RuntimeError('no clean listener port found')
+
+    def _listening_socket(self, port):
+        for sock in self.sockets:
+            try:
+                if sock.getsockname()[1] == port and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    return sock
+            except OSError:
+                continue
+        raise KeyError(port)
+
+    def pair(self, port, client='ipv4'):
+        """An ESTABLISHED pair: a client (ipv4 or ipv6) connected to our listener on port."""
+        family = socket.AF_INET if client == 'ipv4' else socket.AF_INET6
+        conn = self._keep(socket.socket(family, socket.SOCK_STREAM))
+        conn.connect((self.ADDRESSES[client], port))
+        server, _peer = self._listening_socket(port).accept()
+        self._keep(server)
+        return conn, server
+
+    def time_wait(self, port, client='ipv4'):
+        """A client that closed first and a server that closed after it: the client is in TIME_WAIT."""
+        conn, server = self.pair(port, client)
+        conn.close()
+        server.settimeout(5)
+        assert server.recv(1) == b''  # the FIN arrived
+        server.close()
+
+    def close_wait(self, port, client='ipv4'):
+        """A client that closed (FIN_WAIT2) and a server that did not (CLOSE_WAIT)."""
+        conn, server = self.pair(port, client)
+        conn.close()
+        server.settimeout(5)
+        assert server.recv(1) == b''
+
+    def close(self):
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+
+def settle(expected, family='all', local=None, remote=None, timeout=5.0):
+    """Wait until ss sees exactly `expected` on the filtered ports; return ss's counts."""
+    deadline = time.time() + timeout
+    while True:
+        counts = ss_counts(family, local, remote)
+        if counts == expected or time.time() > deadline:
+            return counts
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ansible runs from the repo root (ansible.cfg there points at the role's library and module_utils)
+# --------------------------------------------------------------------------------------------------
+
+def ansible_env():
+    env = dict(os.environ)
+    env.update({'ANSIBLE_NOCOLOR': '1', 'ANSIBLE_FORCE_COLOR': '0', 'ANSIBLE_DEPRECATION_WARNINGS': '0',
+                'PYTHONDONTWRITEBYTECODE': '1'})
+    for name in ('ANSIBLE_CONFIG', 'ANSIBLE_LIBRARY', 'ANSIBLE_MODULE_UTILS', 'ANSIBLE_INVENTORY'):
+        env.pop(name, None)
+    return env
+
+
+def run_adhoc(module_args='', extra=(), bin_dir=VENV_BIN, check=False, timeout=120):
+    """`ansible localhost -m tcp_status -o`; returns (status word, result dict, completed process)."""
+    cmd = [os.path.join(bin_dir, 'ansible'), 'localhost', '-m', 'tcp_status', '-o']
+    if module_args:
+        cmd += ['-a', module_args]
+    if check:
+        cmd.append('--check')
+    cmd += list(extra)
+    proc = subprocess.run(cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith('localhost | ') and ' => ' in line:
+            head, _sep, body = line.partition(' => ')
+            return head.split(' | ')[1].strip(), json.loads(body), proc
+    raise AssertionError('no result line from {0}\nrc={1}\n{2}\n{3}'.format(cmd, proc.returncode, proc.stdout,
+                                                                           proc.stderr))
+
+
+def run_playbook(playbook, extra_vars, extra=(), bin_dir=VENV_BIN, check=False, timeout=180):
+    cmd = [os.path.join(bin_dir, 'ansible-playbook'), playbook, '-e', json.dumps(extra_vars)]
+    if check:
+        cmd.append('--check')
+    cmd += list(extra)
+    return subprocess.run(cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
