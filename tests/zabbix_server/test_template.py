@@ -1,0 +1,331 @@
+"""The template as data: both export files checked without a Zabbix server, against the real counter script.
+
+Fast (about a second). The end-to-end test (test_e2e.py) imports both files into a real Zabbix server.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ZABBIX_DIR = os.path.join(REPO, 'zabbix')
+YAML_FILE = os.path.join(ZABBIX_DIR, 'template_tcp_status.yaml')
+XML_FILE = os.path.join(ZABBIX_DIR, 'template_tcp_status_3.4.xml')
+COUNTER = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'module_utils', 'tcp_status_counter.py')
+ROLE_DEFAULTS = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'defaults', 'main.yml')
+
+sys.path.insert(0, os.path.dirname(COUNTER))
+import tcp_status_counter  # noqa: E402  (the repo's one counter, for its list of states)
+
+TEMPLATE = 'TCP connection states'
+STATES = list(tcp_status_counter.STATES)
+MASTER_KEY = 'tcp.status.json'
+UUID_RE = re.compile(r'^[0-9a-f]{32}$')
+MACRO_RE = re.compile(r'\{\$[A-Z0-9_.]+(?::[^}]*)?\}')
+FUNC_60_RE = re.compile(r'([a-z]+)\(/([^/]+)/((?:[^,)\[]|\[[^\]]*\])+)(?:,([^)]*))?\)')
+FUNC_34_RE = re.compile(r'\{([^:{}]+):((?:[^\[\]{}]|\[[^\]]*\])+?)\.([a-z]+)\(([^)]*)\)\}')
+JSONPATH_RE = re.compile(r'^\$\.([A-Z_0-9]+)$')
+
+
+def run_counter(*args):
+    proc = subprocess.run([sys.executable, COUNTER] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=30)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def jsonpath(doc, path):
+    """Zabbix JSONPath for the one form the template uses: $.NAME (a member of the top object)."""
+    match = JSONPATH_RE.match(path)
+    assert match, 'JSONPath {0!r} is not of the form $.STATE'.format(path)
+    if match.group(1) not in doc:
+        raise KeyError(path)
+    return doc[match.group(1)]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading
+
+
+@pytest.fixture(scope='module')
+def y():
+    with open(YAML_FILE, encoding='utf-8') as handle:
+        return yaml.safe_load(handle)['zabbix_export']
+
+
+@pytest.fixture(scope='module')
+def ytemplate(y):
+    assert len(y['templates']) == 1
+    return y['templates'][0]
+
+
+@pytest.fixture(scope='module')
+def yitems(ytemplate):
+    return dict((item['key'], item) for item in ytemplate['items'])
+
+
+@pytest.fixture(scope='module')
+def x():
+    return ET.parse(XML_FILE).getroot()
+
+
+@pytest.fixture(scope='module')
+def xitems(x):
+    return dict((item.findtext('key'), item) for item in x.findall('./templates/template/items/item'))
+
+
+@pytest.fixture(scope='module')
+def real_all():
+    code, out, err = run_counter('all')
+    assert code == 0 and err == '', (code, err)
+    return json.loads(out)
+
+
+def yaml_triggers(ytemplate, y):
+    found = []
+    for item in ytemplate['items']:
+        found.extend(item.get('triggers', []))
+    return found + list(y.get('triggers', []))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The files are current and well-formed
+
+
+def test_generated_files_are_current():
+    proc = subprocess.run([sys.executable, os.path.join(ZABBIX_DIR, 'build_templates.py'), '--check'],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_yaml_header(y):
+    assert y['version'] == '6.0'
+    assert [g['name'] for g in y['groups']] == ['Templates']
+
+
+def test_xml_header(x):
+    assert x.tag == 'zabbix_export'
+    assert x.findtext('version') == '3.4'
+    assert [g.findtext('name') for g in x.findall('./groups/group')] == ['Templates']
+
+
+def test_yaml_template_fields(ytemplate):
+    assert ytemplate['template'] == TEMPLATE and ytemplate['name'] == TEMPLATE
+    assert [g['name'] for g in ytemplate['groups']] == ['Templates']
+    for state in STATES:
+        # The description explains every state on a line of its own.
+        assert re.search(r'^{0}: \S.+$'.format(state), ytemplate['description'], re.M), state
+
+
+def test_uuids_are_unique_and_well_formed(y):
+    uuids = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if 'uuid' in node:
+                uuids.append(node['uuid'])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(y)
+    # groups + template + 12 items + 5 triggers + graph
+    assert len(uuids) == 1 + 1 + 12 + 5 + 1
+    assert len(set(uuids)) == len(uuids)
+    assert all(UUID_RE.match(u) and u[12] == '4' for u in uuids), uuids
+
+
+def test_all_yaml_scalars_are_strings(y):
+    """Zabbix exports quote every value; a bare 0 or a date-looking value would be typed by the YAML parser."""
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, path + '.' + key)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, '{0}[{1}]'.format(path, i))
+        else:
+            assert isinstance(node, str), path
+    walk(y, '')
+
+
+def test_xml_items_have_every_element_the_34_importer_requires(xitems):
+    required = ['name', 'type', 'snmp_community', 'snmp_oid', 'key', 'delay', 'history', 'trends', 'status',
+                'value_type', 'allowed_hosts', 'units', 'snmpv3_contextname', 'snmpv3_securityname',
+                'snmpv3_securitylevel', 'snmpv3_authprotocol', 'snmpv3_authpassphrase', 'snmpv3_privprotocol',
+                'snmpv3_privpassphrase', 'params', 'ipmi_sensor', 'authtype', 'username', 'password',
+                'publickey', 'privatekey', 'port', 'description', 'inventory_link', 'applications', 'valuemap',
+                'preprocessing', 'logtimefmt', 'jmx_endpoint', 'master_item']
+    for key, item in xitems.items():
+        missing = [tag for tag in required if item.find(tag) is None]
+        assert not missing, (key, missing)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Items: one master, a dependent item per state, keys the script answers
+
+
+def test_items_yaml(yitems):
+    assert sorted(yitems) == sorted([MASTER_KEY] + ['tcp.status[{0}]'.format(s) for s in STATES])
+    master = yitems[MASTER_KEY]
+    assert master['type'] == 'ZABBIX_PASSIVE' and master['value_type'] == 'TEXT'
+    assert master['trends'] == '0' and master['history'] == '1h'
+    assert master['delay'] == '{$TCP.STATUS.INTERVAL}'
+    for state in STATES:
+        item = yitems['tcp.status[{0}]'.format(state)]
+        assert item['type'] == 'DEPENDENT' and item['delay'] == '0'
+        assert item['value_type'] == 'UNSIGNED'
+        assert item['master_item'] == {'key': MASTER_KEY}
+        assert item['preprocessing'] == [{'type': 'JSONPATH', 'parameters': ['$.' + state]}]
+
+
+def test_items_xml_match_yaml(xitems, yitems):
+    assert sorted(xitems) == sorted(yitems)
+    master = xitems[MASTER_KEY]
+    assert master.findtext('type') == '0' and master.findtext('value_type') == '4'
+    assert master.findtext('trends') == '0'
+    for state in STATES:
+        item = xitems['tcp.status[{0}]'.format(state)]
+        assert item.findtext('type') == '18' and item.findtext('value_type') == '3'
+        assert item.findtext('master_item/key') == MASTER_KEY
+        steps = [(s.findtext('type'), s.findtext('params')) for s in item.findall('preprocessing/step')]
+        assert steps == [('12', '$.' + state)]
+        assert item.findtext('history') == yitems['tcp.status[{0}]'.format(state)]['history']
+
+
+def test_seed_keys_are_present(yitems, xitems):
+    for key in ('tcp.status[ESTABLISHED]', 'tcp.status[TIME_WAIT]', 'tcp.status[LISTEN]'):
+        assert key in yitems and key in xitems
+
+
+def test_master_key_is_the_roles_json_key(yitems):
+    with open(ROLE_DEFAULTS, encoding='utf-8') as handle:
+        defaults = yaml.safe_load(handle)
+    assert defaults['zabbix_tcp_status_json_key'] == MASTER_KEY
+
+
+def test_every_state_key_is_answered_by_the_script(yitems):
+    for key in yitems:
+        if key == MASTER_KEY:
+            continue
+        state = re.match(r'^tcp\.status\[([A-Z_0-9]+)\]$', key).group(1)
+        code, out, err = run_counter(state)
+        assert code == 0 and err == '' and re.match(r'^\d+\n?$', out), (key, code, out, err)
+
+
+def test_every_jsonpath_resolves_against_real_output(yitems, xitems, real_all):
+    assert sorted(real_all) == sorted(STATES)
+    for key, item in yitems.items():
+        for step in item.get('preprocessing', []):
+            if step['type'] == 'JSONPATH':
+                value = jsonpath(real_all, step['parameters'][0])
+                assert isinstance(value, int) and value >= 0, (key, value)
+    for key, item in xitems.items():
+        for step in item.findall('preprocessing/step'):
+            if step.findtext('type') == '12':
+                assert isinstance(jsonpath(real_all, step.findtext('params')), int), key
+
+
+def test_master_check_passes_json_and_rejects_error_lines(yitems):
+    """The master's preprocessing (PCRE in Zabbix; Python's re agrees on this pattern) on real script output."""
+    steps = yitems[MASTER_KEY]['preprocessing']
+    assert [s['type'] for s in steps] == ['CHECK_REGEX_ERROR']
+    pattern, output = steps[0]['parameters']
+    code, good, _ = run_counter('all')
+    assert code == 0 and re.match(pattern, good) is None
+    code, out, bad = run_counter('all', '', '', 'bogus')
+    assert code == 2 and out == '' and bad.startswith('tcp_status: ')
+    # What the agent returns for that call is the stderr line: the check turns it into the item's error.
+    match = re.match(pattern, bad.strip())
+    assert match and match.expand(output.replace(r'\1', r'\g<1>')) == \
+        'tcp_status script did not return JSON: ' + bad.strip()
+    assert re.match(pattern, '') is not None  # an empty answer is an error too
+
+
+def test_xml_master_regex_keeps_json_only(xitems, real_all):
+    steps = [(s.findtext('type'), s.findtext('params')) for s in xitems[MASTER_KEY].findall('preprocessing/step')]
+    assert len(steps) == 1 and steps[0][0] == '5'
+    pattern, output = steps[0][1].split('\n')
+    code, good, _ = run_counter('all')
+    match = re.search(pattern, good)
+    assert match and json.loads(match.expand(output)).keys() == real_all.keys()
+    assert re.search(pattern, "tcp_status: unknown family 'bogus'") is None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Triggers, macros, graph
+
+
+def _macros_used(text):
+    return set(m.split(':')[0].rstrip('}') + '}' for m in MACRO_RE.findall(text))
+
+
+def test_triggers_reference_existing_items_and_defined_macros(ytemplate, y, yitems):
+    defined = set(m['macro'] for m in ytemplate['macros'])
+    assert len(defined) == len(ytemplate['macros'])
+    triggers = yaml_triggers(ytemplate, y)
+    assert len(triggers) == 5
+    used = set()
+    for trigger in triggers:
+        funcs = FUNC_60_RE.findall(trigger['expression'])
+        assert funcs, trigger['expression']
+        for _name, host, key, _param in funcs:
+            assert host == TEMPLATE and key in yitems, (trigger['name'], key)
+        for text in (trigger['expression'], trigger['name']):
+            used |= _macros_used(text)
+    assert used <= defined, used - defined
+    used_anywhere = set()
+    for item in ytemplate['items']:
+        used_anywhere |= _macros_used(item['delay'])
+    assert (used | used_anywhere) == defined, 'macros defined but never used: {0}'.format(
+        defined - used - used_anywhere)
+
+
+def test_trigger_topics(ytemplate, y):
+    exprs = ' '.join(t['expression'] for t in yaml_triggers(ytemplate, y))
+    for needle in ('tcp.status[TIME_WAIT]', '{$TCP.TIME_WAIT.MAX}', 'tcp.status[CLOSE_WAIT]',
+                   'tcp.status[SYN_RECV]', 'tcp.status[LISTEN]', 'nodata(/TCP connection states/tcp.status.json'):
+        assert needle in exprs, needle
+
+
+def test_xml_triggers_match_yaml(x, ytemplate, y, xitems):
+    xtriggers = x.findall('./triggers/trigger')
+    ytriggers = yaml_triggers(ytemplate, y)
+    assert sorted(t.findtext('name') for t in xtriggers) == sorted(t['name'] for t in ytriggers)
+    defined = set(m.findtext('macro') for m in x.findall('./templates/template/macros/macro'))
+    assert defined == set(m['macro'] for m in ytemplate['macros'])
+    by_name = dict((t['name'], t) for t in ytriggers)
+    for trigger in xtriggers:
+        expr = trigger.findtext('expression')
+        funcs = FUNC_34_RE.findall(expr)
+        assert funcs, expr
+        for host, key, _name, _param in funcs:
+            assert host == TEMPLATE and key in xitems, key
+        assert _macros_used(expr) <= defined
+        # Same functions, same order, in both syntaxes.
+        yfuncs = FUNC_60_RE.findall(by_name[trigger.findtext('name')]['expression'])
+        assert [(k, n, p) for _h, k, n, p in funcs] == [(k, n, p) for n, _h, k, p in yfuncs]
+
+
+def test_macro_values(ytemplate):
+    for macro in ytemplate['macros']:
+        assert MACRO_RE.match(macro['macro']) and macro['value'] != '' and macro['description'], macro
+
+
+def test_graph_stacks_every_state(y, x):
+    graphs = y['graphs']
+    assert len(graphs) == 1 and graphs[0]['type'] == 'STACKED'
+    keys = [gi['item']['key'] for gi in graphs[0]['graph_items']]
+    assert keys == ['tcp.status[{0}]'.format(s) for s in STATES]
+    assert all(gi['item']['host'] == TEMPLATE for gi in graphs[0]['graph_items'])
+    colors = [gi['color'] for gi in graphs[0]['graph_items']]
+    assert len(set(colors)) == len(colors)
+    xgraph = x.findall('./graphs/graph')
+    assert len(xgraph) == 1 and xgraph[0].findtext('type') == '1'
+    assert [gi.findtext('item/key') for gi in xgraph[0].findall('graph_items/graph_item')] == keys
