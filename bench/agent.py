@@ -1,13 +1,17 @@
 """A private zabbix_agentd for the benchmark: own config, own port, started and stopped by us.
 
 It never touches the system agent (/etc/zabbix, port 10050). Timeout=30 so that
-slow methods are measured rather than cut off at the default 3 s.
+slow methods are measured rather than cut off at the default 3 s. It runs private
+copies of the zabbix_agentd and zabbix_get binaries, so that other jobs removing or
+reinstalling the packages meanwhile (the role's tests do) cannot break a run.
 """
 
 from __future__ import print_function
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -32,6 +36,14 @@ LogFileSize=0
 """
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """In the agent's child before exec: get SIGTERM if the harness dies (even by SIGKILL)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 class AgentError(Exception):
     """The private agent did not start or did not answer."""
 
@@ -44,6 +56,8 @@ class PrivateAgent(object):
         self.userparameters = list(userparameters)
         self.tmp = None
         self.process = None
+        self.agentd = ZABBIX_AGENTD
+        self.zabbix_get = ZABBIX_GET
 
     @property
     def config_path(self):
@@ -51,13 +65,22 @@ class PrivateAgent(object):
 
     def start(self):
         self.tmp = tempfile.mkdtemp(prefix='zts-bench-agent-')
+        for attribute, path, package in (('agentd', ZABBIX_AGENTD, 'zabbix-agent'),
+                                         ('zabbix_get', ZABBIX_GET, 'zabbix-proxy-sqlite3 or zabbix-server-*')):
+            if not os.access(path, os.X_OK):
+                self.stop()
+                raise AgentError('{0} is missing (it comes with the {1} package)'.format(path, package))
+            copy = os.path.join(self.tmp, os.path.basename(path))
+            shutil.copy2(path, copy)
+            setattr(self, attribute, copy)
         with open(self.config_path, 'w') as handle:
             handle.write(CONFIG.format(
                 port=self.port, tmp=self.tmp, timeout=AGENT_TIMEOUT,
                 userparameters='\n'.join('UserParameter={0}'.format(line) for line in self.userparameters)))
         try:
-            self.process = subprocess.Popen([ZABBIX_AGENTD, '-f', '-c', self.config_path],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.process = subprocess.Popen([self.agentd, '-f', '-c', self.config_path],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
             deadline = time.time() + 15
             while True:
                 if self.process.poll() is not None:
@@ -85,7 +108,7 @@ class PrivateAgent(object):
             return '(no log)'
 
     def get_argv(self, key):
-        return [ZABBIX_GET, '-s', '127.0.0.1', '-p', str(self.port), '-t', str(AGENT_TIMEOUT), '-k', key]
+        return [self.zabbix_get, '-s', '127.0.0.1', '-p', str(self.port), '-t', str(AGENT_TIMEOUT), '-k', key]
 
     def get(self, key, timeout=AGENT_TIMEOUT + 5):
         try:

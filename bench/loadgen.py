@@ -189,6 +189,19 @@ def _spread(total, slots):
     return [total // slots + (1 if i < total % slots else 0) for i in range(slots)]
 
 
+def run_guard():
+    """Wait for EOF on stdin (the generator stopped, or died), then restore the port range if needed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only EOF ends the guard: it must outlive its parent
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    repair_port_range()
+    return 0
+
+
 def run_worker(part, index, timeout):
     """Build the sockets of ``part``, report READY on stdout, hold until stdin EOF or timeout."""
     held = []
@@ -270,6 +283,7 @@ class LoadGenerator(object):
         # The per-worker listener minimum can add a few listeners to the plan.
         self.expected['LISTEN'] = sum(part['listen'] for part in self.parts)
         self.workers = []
+        self.guard = None
         self.lock = None
         self.original_range = None
         self.build_seconds = None
@@ -298,6 +312,11 @@ class LoadGenerator(object):
         self.original_range = read_port_range()
         with open(PORT_STATE_FILE, 'w') as handle:
             json.dump({'original': self.original_range, 'pid': os.getpid()}, handle)
+        # The guard restores the range when our end of its stdin closes, even if we die by SIGKILL;
+        # it inherits the lock, so no other run can widen the range before it is restored.
+        self.guard = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), '--guard'], stdin=subprocess.PIPE,
+            pass_fds=(self.lock.fileno(),), close_fds=True)
         write_port_range(min(self.original_range[0], WIDE_PORT_RANGE[0]),
                          max(self.original_range[1], WIDE_PORT_RANGE[1]))
 
@@ -309,13 +328,29 @@ class LoadGenerator(object):
             except OSError:
                 pass
             self.original_range = None
+        if self.guard is not None:
+            self.guard.stdin.close()  # nothing left to restore: it exits at once
+            self.guard.wait()
+            self.guard = None
         if self.lock is not None:
             self.lock.close()
             self.lock = None
 
+    def _repair_stale_range(self):
+        """A run killed with SIGKILL left the range widened: put it back if nobody holds the lock."""
+        if not os.path.exists(PORT_STATE_FILE):
+            return
+        with open(LOCK_FILE, 'a') as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (IOError, OSError):
+                return  # a live run owns it and will restore it
+            repair_port_range()
+
     def start(self):
         started = time.time()
         try:
+            self._repair_stale_range()
             if self._needs_wide_range():
                 self._widen_ports()
             for index, part in enumerate(self.parts):
@@ -403,7 +438,10 @@ def main(argv=None):
     parser.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT, help='workers\' hard timeout')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     parser.add_argument('--index', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('--guard', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.guard:
+        return run_guard()
     if args.worker:
         return run_worker(json.loads(args.worker), args.index, args.timeout)
     if not args.total:

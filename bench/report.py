@@ -214,6 +214,10 @@ def write_markdown(results, path, png_path, json_path):
 
     add('## Peak memory of our collector (max RSS of the process, bare command)')
     add('')
+    add('Measured with GNU time (`%M`), largest of 3 runs. For scale: `/usr/bin/python3 -c "import errno, '
+        'os, socket, struct, sys"` alone peaks at {0:.1f} MiB here.'.format(
+            results['python_start_rss_kib'] / 1024.0))
+    add('')
     add('| method | ' + ' | '.join(_size_label(entry) for entry in sizes) + ' |')
     add('|---|' + '---|' * len(sizes))
     for method_id in ('ours_one', 'ours_all', 'proc_one', 'proc_all'):
@@ -221,16 +225,32 @@ def write_markdown(results, path, png_path, json_path):
             '{0:.1f} MiB'.format(entry['max_rss_kib'][method_id] / 1024.0) for entry in sizes)))
     add('')
 
+    add('## CPU per call, bare command: user + sys ms (median)')
+    add('')
+    add('User time is the interpreter or the tools in the pipeline; sys time is the kernel producing the '
+        'socket list (a netlink dump, or the text of `/proc/net/tcp{,6}`).')
+    add('')
+    add('| method | ' + ' | '.join(_size_label(entry) for entry in sizes) + ' |')
+    add('|---|' + '---|' * len(sizes))
+    for method in results['methods']:
+        if method['id'] not in sizes[0]['cpu_seconds']:
+            continue
+        add('| {0} | {1} |'.format(method['label'], ' | '.join(
+            '{0} + {1}'.format(_fmt_ms(entry['cpu_seconds'][method['id']]['user']),
+                               _fmt_ms(entry['cpu_seconds'][method['id']]['sys'])) for entry in sizes)))
+    add('')
+
     add('## Correctness: every method\'s counts at the same instant')
     add('')
     add('Right after the load is built, every method is asked for ESTABLISHED, TIME_WAIT, LISTEN, '
-        'CLOSE_WAIT and FIN_WAIT2 (the recipe knows the first three), bare and through the agent; '
-        '`ss -tan` is tallied before and after as the reference. Through the agent, ESTABLISHED is '
-        'reduced by 2 (the `zabbix_get` connection itself, both ends). A count agrees when it lies '
-        'between the two references, give or take 2 + 0.1% (other jobs\' sockets; every poll leaves a '
-        'TIME_WAIT).')
+        'CLOSE_WAIT and FIN_WAIT2 (the recipe knows the first three), bare and through the agent, one '
+        'method after the other; `ss -tan` is tallied right before and right after each method as the '
+        'reference. Through the agent, ESTABLISHED is reduced by 2 (the `zabbix_get` connection itself, '
+        'both ends). A count agrees when it lies between its two references, give or take 2 + 0.1% '
+        '(other jobs\' sockets come and go), plus one TIME_WAIT per call in that window (every agent '
+        'exchange leaves a TIME_WAIT while older ones expire).')
     add('')
-    add('| sockets | load generator built | ss before | ss after | methods agreeing | largest deviation |')
+    add('| sockets | load generator built | ss before the first method | ss after the last | methods agreeing | largest deviation |')
     add('|---|---|---|---|---|---|')
     for entry in sizes:
         correctness = entry['correctness']
@@ -279,8 +299,8 @@ def write_markdown(results, path, png_path, json_path):
         '`bench/methods/counter_backend.py`, which calls the same counter\'s `count_states()`. The native '
         'item is answered inside the agent (no bare-command row).')
     add('- Timing: wall clock around the whole process (fork/exec and interpreter start included), calls '
-        'interleaved round robin across methods after one warm-up round; memory is `ru_maxrss` from '
-        '`wait4()` of the bare command.')
+        'interleaved round robin across methods after one warm-up round; CPU user/sys times from '
+        '`wait4()` of the bare command; memory from GNU time.')
     add('')
     with open(path, 'w') as handle:
         handle.write('\n'.join(lines))
