@@ -21,15 +21,6 @@ def farm():
         sockets.close()
 
 
-@pytest.fixture(scope='module')
-def module_farm():
-    sockets = SocketFarm()
-    try:
-        yield sockets
-    finally:
-        sockets.close()
-
-
 @pytest.fixture(scope='session')
 def ansible_216():
     """bin dir of a venv with ansible-core 2.16 (created once, cached outside the repo)."""

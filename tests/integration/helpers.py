@@ -4,6 +4,7 @@ oracles, and the ansible runners (the repo's controller venv and a cached ansibl
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,9 +158,13 @@ class SocketFarm(object):
         server.close()
 
     def close_wait(self, port, client='ipv4'):
-        """A client that closed (FIN_WAIT2) and a server that did not (CLOSE_WAIT)."""
+        """A client that closed its side (FIN_WAIT2) and a server that did not close (CLOSE_WAIT).
+
+        The client shuts down its sending side instead of closing: an orphaned FIN_WAIT2 socket would
+        vanish after net.ipv4.tcp_fin_timeout (60 s), this one stays until the test ends.
+        """
         conn, server = self.pair(port, client)
-        conn.close()
+        conn.shutdown(socket.SHUT_WR)
         server.settimeout(5)
         assert server.recv(1) == b''
 
@@ -192,21 +197,38 @@ def ansible_env():
     return env
 
 
-def run_adhoc(module_args='', extra=(), bin_dir=VENV_BIN, check=False, timeout=120):
-    """`ansible localhost -m tcp_status -o`; returns (status word, result dict, completed process)."""
-    cmd = [os.path.join(bin_dir, 'ansible'), 'localhost', '-m', 'tcp_status', '-o']
+def run_adhoc_hosts(module_args='', extra=(), bin_dir=VENV_BIN, check=False, oneline=False, pattern='localhost',
+                    timeout=120):
+    """`ansible PATTERN -m tcp_status`; returns ({host: (status word, result dict)}, completed process).
+
+    Read from the ad-hoc output `HOST | SUCCESS => {...}` (JSON result format), or with oneline=True
+    from the `-o` lines that are the documented fleet view. The status word is SUCCESS or FAILED!.
+    """
+    cmd = [os.path.join(bin_dir, 'ansible'), pattern, '-m', 'tcp_status']
     if module_args:
         cmd += ['-a', module_args]
     if check:
         cmd.append('--check')
+    if oneline:
+        cmd.append('-o')
     cmd += list(extra)
-    proc = subprocess.run(cmd, cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if line.startswith('localhost | ') and ' => ' in line:
-            head, _sep, body = line.partition(' => ')
-            return head.split(' | ')[1].strip(), json.loads(body), proc
-    raise AssertionError('no result line from {0}\nrc={1}\n{2}\n{3}'.format(cmd, proc.returncode, proc.stdout,
-                                                                           proc.stderr))
+    env = ansible_env()
+    env['ANSIBLE_CALLBACK_RESULT_FORMAT'] = 'json'
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    results = {}
+    for match in re.finditer(r'^(\S+) \| (SUCCESS|FAILED!) => ', proc.stdout, re.M):
+        results[match.group(1)] = (match.group(2), json.JSONDecoder().raw_decode(proc.stdout, match.end())[0])
+    if not results:
+        raise AssertionError('no result from {0}\nrc={1}\n{2}\n{3}'.format(cmd, proc.returncode, proc.stdout,
+                                                                            proc.stderr))
+    return results, proc
+
+
+def run_adhoc(module_args='', **kwargs):
+    """run_adhoc_hosts on localhost alone: (status word, result dict, completed process)."""
+    results, proc = run_adhoc_hosts(module_args, **kwargs)
+    status, result = results['localhost']
+    return status, result, proc
 
 
 def run_playbook(playbook, extra_vars, extra=(), bin_dir=VENV_BIN, check=False, timeout=180):

@@ -20,10 +20,9 @@ def counts(**expected):
     return result
 
 
-@pytest.fixture(scope='module')
-def scene(module_farm):
+@pytest.fixture
+def scene(farm):
     """One set of sockets for the whole module, and what each port filter must count."""
-    farm = module_farm
     v4 = farm.listener('ipv4')
     v6 = farm.listener('ipv6')
     dual = farm.listener('dual')

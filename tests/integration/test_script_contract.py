@@ -41,9 +41,8 @@ def integer(proc, what):
     return int(proc.stdout)
 
 
-@pytest.fixture(scope='module')
-def scene(module_farm):
-    farm = module_farm
+@pytest.fixture
+def scene(farm):
     v4 = farm.listener('ipv4')
     v6 = farm.listener('ipv6')
     for _ in range(3):
