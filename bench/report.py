@@ -48,8 +48,8 @@ def plot(results, path):
                     continue
                 xs.append(entry['sockets_counted'])
                 ys.append(_ms(timing['median']))
-                low.append(_ms(timing['median'] - timing['min']))
-                high.append(_ms(timing['max'] - timing['median']))
+                low.append(_ms(timing['median'] - timing['p25']))
+                high.append(_ms(timing['p75'] - timing['median']))
             if not xs:
                 continue
             color, marker = STYLE.get(method['id'], (None, 'o'))
@@ -60,7 +60,7 @@ def plot(results, path):
         axis.set_title(title, fontsize=10)
         axis.set_xlabel('TCP sockets on the host (counted by ss)')
         axis.grid(True, which='both', alpha=0.3)
-    axes[0].set_ylabel('wall time per call, ms (median, bars = min..max)')
+    axes[0].set_ylabel('wall time per call, ms (median, bars = quartiles)')
     axes[0].axhline(300, color='grey', linestyle=':', linewidth=1)
     axes[1].axhline(300, color='grey', linestyle=':', linewidth=1)
     axes[0].legend(fontsize=8, loc='upper left')
@@ -143,6 +143,11 @@ def write_markdown(results, path, png_path, json_path):
             machine['zabbix_agentd'], machine['agent_python'], machine['harness_python'],
             machine['netstat'], machine['ss']))
     add('')
+    if results.get('private_netns'):
+        add('Sockets: the run happens in a private network namespace (`unshare --net`, loopback only), so '
+            'the counts are the load generator\'s sockets plus the benchmark\'s own ({0} before the load), '
+            'not other jobs\'.'.format(results['sockets_before_load']))
+        add('')
     add('Noise: this is a 2-core VM that other jobs (tests, linters, builds) were using while it was '
         'measured; load average (1 min) at the start/end of each size: {0}. Medians and the '
         'ratios are what to read; single calls vary.'.format(', '.join(
@@ -180,11 +185,12 @@ def write_markdown(results, path, png_path, json_path):
     add('')
     add('Median [min-max] of {0} calls per cell (one-state rows ask for {1}); process start included; '
         '"via zabbix_get" is the whole `zabbix_get` run against a private `zabbix_agentd` (Timeout=30) '
-        'that runs the method.'.format(' / '.join(str(entry['timings']['ours_all']['agent']['n'])
-                                                   for entry in sizes), results['timed_state']))
+        'that runs the method. "counts agree": the correctness check below, per size.'.format(
+            ' / '.join(str(entry['timings']['ours_all']['agent']['n']) for entry in sizes),
+            results['timed_state']))
     add('')
-    add(header)
-    add('|---|---|' + '---|' * len(sizes))
+    add(header[:-1] + '| counts agree |')
+    add('|---|---|' + '---|' * len(sizes) + '---|')
     for method in results['methods']:
         for route, route_label in (('agent', 'via zabbix_get'), ('bare', 'bare command')):
             cells = []
@@ -192,6 +198,10 @@ def write_markdown(results, path, png_path, json_path):
                 timing = entry['timings'][method['id']].get(route)
                 cells.append('{0} [{1}-{2}]'.format(_fmt_ms(timing['median']), _fmt_ms(timing['min']),
                                                      _fmt_ms(timing['max'])) if timing else 'n/a (in the agent)')
+            agree = [entry['correctness']['methods'].get('{0}/{1}'.format(method['id'], route))
+                     for entry in sizes]
+            cells.append('/'.join('-' if item is None else ('yes' if item['agreed'] else '**no**')
+                                  for item in agree))
             add('| {0} | {1} | {2} |'.format(method['label'], route_label, ' | '.join(cells)))
     add('')
 

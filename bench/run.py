@@ -6,8 +6,10 @@ real zabbix_get and a private zabbix_agentd, at 1k, 10k and 100k sockets.
     bench/run.sh            full run: bench/results/{results.json,bench.png}, docs/BENCHMARK.md
     bench/run.sh --smoke    1k sockets only, few repeats, output in /tmp/zts-bench-smoke
 
-Run as root (the load generator widens net.ipv4.ip_local_port_range for 100k
-sockets and restores it; the private agent runs with AllowRoot=1).
+Run as root, through bench/run.sh: it runs this in a private network namespace
+(loopback only) so that other jobs' sockets stay out of the counts; there the load
+generator widens net.ipv4.ip_local_port_range for 100k sockets (and restores it)
+and the private agent runs with AllowRoot=1.
 """
 
 from __future__ import print_function
@@ -382,6 +384,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error('run as root: the load generator widens net.ipv4.ip_local_port_range for 100k sockets')
+    in_netns = os.environ.get('ZTS_BENCH_NETNS') == '1'
+
     out = args.out or ('/tmp/zts-bench-smoke' if args.smoke else os.path.join(BENCH, 'results'))
     markdown = args.markdown or (os.path.join(out, 'BENCHMARK.md') if args.smoke
                                  else os.path.join(REPO, 'docs', 'BENCHMARK.md'))
@@ -405,6 +409,8 @@ def main(argv=None):
         'userparameters': USERPARAMETERS,
         'targets': TARGETS,
         'sizes': [],
+        'private_netns': in_netns,
+        'sockets_before_load': sum(ss_reference().values()),
     }
     # The floor under any Python collector: interpreter start plus the counter's imports, no sockets read.
     results['python_start'] = timing_stats(
