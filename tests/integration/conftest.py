@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # noqa: E402 below
-from helpers import AC216_REQUIREMENTS, AC216_VENV, SocketFarm
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tcp_live import AC216_REQUIREMENTS, AC216_VENV, SocketFarm  # noqa: E402  (found through the line above)
 
 
 @pytest.fixture

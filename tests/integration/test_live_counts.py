@@ -9,7 +9,7 @@ the host's churn.
 import pytest
 
 import tcp_status_counter as tsc
-from helpers import STATES, psutil_counts, settle, ss_counts, within, zero_counts
+from tcp_live import STATES, psutil_counts, settle, ss_counts, within, zero_counts
 
 BACKENDS = ('netlink', 'proc', 'psutil')
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from helpers import LIBRARY, PYTHONS, REPO, STATES, VENV_BIN, ansible_env, run_adhoc, run_adhoc_hosts, \
+from tcp_live import LIBRARY, PYTHONS, REPO, STATES, VENV_BIN, ansible_env, run_adhoc, run_adhoc_hosts, \
     run_playbook, settle, ss_counts, within, zero_counts
 
 PLAYBOOK = os.path.join('tests', 'integration', 'module_playbook.yml')

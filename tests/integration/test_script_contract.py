@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from helpers import COUNTER, PYTHONS, STATES, settle, ss_counts, within, zero_counts
+from tcp_live import COUNTER, PYTHONS, STATES, settle, ss_counts, within, zero_counts
 
 SS_SPELLINGS = ('estab', 'syn-sent', 'syn-recv', 'fin-wait-1', 'fin-wait-2', 'time-wait', 'closed',
                 'close-wait', 'last-ack', 'listen', 'listening', 'closing')
