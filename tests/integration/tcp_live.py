@@ -72,14 +72,15 @@ def ss_counts(family='all', local=None, remote=None):
     return tally_rows(ss_sockets(family), local, remote)
 
 
-def psutil_counts(family='all', local=None, remote=None):
+def psutil_counts():
+    """{family: counts} for all, ipv4 and ipv6 from one psutil.net_connections() (slow on a busy host)."""
     import psutil
-    kind = {'all': 'tcp', 'ipv4': 'tcp4', 'ipv6': 'tcp6'}[family]
-    rows = []
-    for conn in psutil.net_connections(kind=kind):
+    result = dict((family, zero_counts()) for family in ('all', 'ipv4', 'ipv6'))
+    for conn in psutil.net_connections(kind='tcp'):
         if conn.status in STATES:
-            rows.append((None, conn.status, conn.laddr[1] if conn.laddr else 0, conn.raddr[1] if conn.raddr else 0))
-    return tally_rows(rows, local, remote)
+            result['all'][conn.status] += 1
+            result['ipv4' if conn.family == socket.AF_INET else 'ipv6'][conn.status] += 1
+    return result
 
 
 def within(value, before, after, slack=5, ratio=0.03):
@@ -167,6 +168,17 @@ class SocketFarm(object):
         conn.shutdown(socket.SHUT_WR)
         server.settimeout(5)
         assert server.recv(1) == b''
+
+    def syn_sent(self, port):
+        """A client whose SYN the kernel drops (our listener's accept queue is full): SYN_SENT until closed."""
+        conn = self._keep(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        conn.setblocking(False)
+        conn.connect_ex(('127.0.0.1', port))
+
+    def queued(self, port):
+        """A connection completed by the kernel but never accepted (ESTABLISHED on both ends)."""
+        conn = self._keep(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        conn.connect(('127.0.0.1', port))
 
     def close(self):
         for sock in self.sockets:
