@@ -148,11 +148,17 @@ def write_markdown(results, path, png_path, json_path):
             'the counts are the load generator\'s sockets plus the benchmark\'s own ({0} before the load), '
             'not other jobs\'.'.format(results['sockets_before_load']))
         add('')
-    add('Noise: this is a 2-core VM that other jobs (tests, linters, builds) were using while it was '
-        'measured; load average (1 min) at the start/end of each size: {0}. Medians and the '
-        'ratios are what to read; single calls vary.'.format(', '.join(
-            '{0}: {1}/{2}'.format(_size_label(entry), entry['loadavg_start'][0], entry['loadavg_end'][0])
-            for entry in sizes)))
+    peak_load = max(float(value) for entry in sizes for value in (entry['loadavg_start'][0],
+                                                                   entry['loadavg_end'][0]))
+    add('Noise: this is a {0}-core VM that other jobs (tests, linters, ansible runs) were using while it was '
+        'measured; load average (1 min) at the start/end of each size: {1}. {2}Medians and the ratios are '
+        'what to read; single calls vary (see the min-max ranges).'.format(
+            machine['nproc'], ', '.join(
+                '{0}: {1}/{2}'.format(_size_label(entry), entry['loadavg_start'][0], entry['loadavg_end'][0])
+                for entry in sizes),
+            'With a load above the core count, every absolute figure here is inflated (each process waits '
+            'for a CPU). ' if peak_load > machine['nproc']
+            else ''))
     add('')
     add('![time per call vs sockets]({0})'.format(png_rel))
     add('')
@@ -215,7 +221,7 @@ def write_markdown(results, path, png_path, json_path):
     add('|---|---|' + '---|' * len(sizes))
     labels = dict((method['id'], method['label']) for method in results['methods'])
     order = ['ours_all', 'proc_all', 'ss_all', 'ours_one', 'proc_one', 'native', 'ss_one', 'recipe']
-    for method_id in order:
+    for method_id in [key for key in order if key in sizes[0]['interval']]:
         first = sizes[0]['interval'][method_id]
         add('| {0} | {1}{2} | {3} |'.format(
             labels[method_id], first['calls'], '' if first['measured'] else ' (computed)',
@@ -257,8 +263,8 @@ def write_markdown(results, path, png_path, json_path):
         'method after the other; `ss -tan` is tallied right before and right after each method as the '
         'reference. Through the agent, ESTABLISHED is reduced by 2 (the `zabbix_get` connection itself, '
         'both ends). A count agrees when it lies between its two references, give or take 2 + 0.1% '
-        '(other jobs\' sockets come and go), plus one TIME_WAIT per call in that window (every agent '
-        'exchange leaves a TIME_WAIT while older ones expire).')
+        '(short-lived connections, e.g. a previous agent exchange still closing), plus one TIME_WAIT per '
+        'call in that window (every agent exchange leaves a TIME_WAIT while older ones expire).')
     add('')
     add('| sockets | load generator built | ss before the first method | ss after the last | methods agreeing | largest deviation |')
     add('|---|---|---|---|---|---|')
