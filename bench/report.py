@@ -230,9 +230,9 @@ def write_markdown(results, path, png_path, json_path):
 
     add('## Peak memory of our collector (max RSS of the process, bare command)')
     add('')
-    add('Measured with GNU time (`%M`), largest of 3 runs. For scale: `/usr/bin/python3 -c "import errno, '
-        'os, socket, struct, sys"` alone peaks at {0:.1f} MiB here.'.format(
-            results['python_start_rss_kib'] / 1024.0))
+    add('Measured with GNU time (`%M`), largest of {0} run(s). For scale: `/usr/bin/python3 -c "import errno, '
+        'os, socket, struct, sys"` alone peaks at {1:.1f} MiB here.'.format(
+            results['memory_runs'], results['python_start_rss_kib'] / 1024.0))
     add('')
     add('| method | ' + ' | '.join(_size_label(entry) for entry in sizes) + ' |')
     add('|---|' + '---|' * len(sizes))
@@ -266,7 +266,8 @@ def write_markdown(results, path, png_path, json_path):
         '(short-lived connections, e.g. a previous agent exchange still closing), plus one TIME_WAIT per '
         'call in that window (every agent exchange leaves a TIME_WAIT while older ones expire).')
     add('')
-    add('| sockets | load generator built | ss before the first method | ss after the last | methods agreeing | largest deviation |')
+    add('| sockets | load generator built | ss before the first method | ss after the last | '
+        'methods agreeing | largest deviation |')
     add('|---|---|---|---|---|---|')
     for entry in sizes:
         correctness = entry['correctness']

@@ -129,7 +129,7 @@ def run_timed(argv, timeout=60):
     return elapsed, output.decode('utf-8', 'replace').strip(), usage
 
 
-def max_rss_kib(argv, runs=3):
+def max_rss_kib(argv, runs):
     """Peak resident memory (KiB) of a command, the largest of ``runs`` runs.
 
     Measured by GNU time, which fork()s the command from its own small process:
@@ -238,7 +238,7 @@ def check_correctness(agent, log):
     return result
 
 
-def measure_size(total, repeats, interval_repeats, agent, log):
+def measure_size(total, repeats, interval_repeats, memory_runs, agent, log):
     entry = {'target_sockets': total}
     with hold_sockets(total, timeout=600) as load:
         entry['loadgen'] = {'expected': load.expected, 'workers': len(load.pids), 'pids': load.pids,
@@ -276,8 +276,9 @@ def measure_size(total, repeats, interval_repeats, agent, log):
         entry['timings'] = {}
         for (method_id, path), values in samples.items():
             entry['timings'].setdefault(method_id, {})[path] = timing_stats(values)
-        entry['max_rss_kib'] = dict((method_id, max_rss_kib(fill(METHOD_BY_ID[method_id]['bare'], TIMED_STATE)))
-                                    for method_id in MEMORY_METHODS)
+        entry['max_rss_kib'] = dict(
+            (method_id, max_rss_kib(fill(METHOD_BY_ID[method_id]['bare'], TIMED_STATE), memory_runs))
+            for method_id in MEMORY_METHODS)
         # CPU of the bare command and its children (user = interpreter/awk, sys = the kernel's work).
         entry['cpu_seconds'] = dict((method_id, {
             'user': statistics.median(u for u, _s in values), 'sys': statistics.median(s for _u, s in values)})
@@ -413,16 +414,19 @@ def main(argv=None):
         'sockets_before_load': sum(ss_reference().values()),
     }
     # The floor under any Python collector: interpreter start plus the counter's imports, no sockets read.
-    results['python_start'] = timing_stats(
-        [run_timed([AGENT_PYTHON, '-c', 'import errno, os, socket, struct, sys'])[0] for _i in range(11)])
-    results['python_start_rss_kib'] = max_rss_kib([AGENT_PYTHON, '-c', 'import errno, os, socket, struct, sys'])
+    memory_runs = 1 if args.smoke else 3
+    results['python_start'] = timing_stats([run_timed([AGENT_PYTHON, '-c', 'import errno, os, socket, struct, sys'])[0]
+                                            for _i in range(5 if args.smoke else 11)])
+    results['python_start_rss_kib'] = max_rss_kib([AGENT_PYTHON, '-c', 'import errno, os, socket, struct, sys'],
+                                                  memory_runs)
+    results['memory_runs'] = memory_runs
     log('{0} start + imports: {1:.1f} ms, {2} KiB'.format(
         AGENT_PYTHON, results['python_start']['median'] * 1000, results['python_start_rss_kib']))
     with PrivateAgent(args.agent_port, USERPARAMETERS) as agent:
         log('private zabbix_agentd on 127.0.0.1:{0} (config {1})'.format(args.agent_port, agent.config_path))
         results['agent'] = {'port': args.agent_port, 'pid': agent.process.pid}
         for total, repeats, interval_repeats in sizes:
-            results['sizes'].append(measure_size(total, repeats, interval_repeats, agent, log))
+            results['sizes'].append(measure_size(total, repeats, interval_repeats, memory_runs, agent, log))
     largest = results['sizes'][-1]
     results['target_check'] = evaluate_targets(largest)
     results['all_agreed'] = all(entry['correctness']['all_agreed'] for entry in results['sizes'])
