@@ -1,0 +1,44 @@
+# The two commands a newcomer needs:
+#   make deploy   run the main job on this machine: ansible-playbook playbook.yml against localhost
+#   make test     run every test (installs what it needs: Debian packages, the controller venv)
+# Both set themselves up on a fresh Debian/Ubuntu machine (run as root).
+
+VENV      ?= .venv
+PYTHON    ?= python3
+BIN       := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_FORCE_COLOR := 0
+export PY_COLORS := 0
+
+.PHONY: deploy test venv host-packages lint unit role molecule
+
+deploy: venv
+	$(BIN)/ansible-playbook playbook.yml
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+# The real parts the tests run against: both agents, zabbix_get (Debian ships it in the proxy package), netstat
+# for the old recipe, ss.
+host-packages:
+	tests/setup-host.sh
+
+test: venv host-packages lint unit role molecule
+
+lint: venv
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --nocolor
+
+unit: venv
+	$(BIN)/python -m pytest -q tests/unit tests/integration
+
+role: venv
+	$(BIN)/python -m pytest -q tests/role
+
+molecule: venv
+	$(BIN)/molecule test -s default
+	$(BIN)/molecule test -s agent2
