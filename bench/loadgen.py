@@ -446,6 +446,14 @@ def main(argv=None):
         return run_worker(json.loads(args.worker), args.index, args.timeout)
     if not args.total:
         parser.error('give the number of sockets to hold')
+    try:
+        return _hold(args)
+    except LoadError as exc:
+        sys.stderr.write('loadgen: {0}\n'.format(exc))
+        return 1
+
+
+def _hold(args):
     with hold_sockets(args.total, timeout=max(args.timeout, args.hold + 60)) as load:
         print('holding {0} sockets in {1} workers (pids {2}), built in {3:.1f} s: {4}'.format(
             args.total, len(load.pids), ' '.join(map(str, load.pids)), load.build_seconds,
