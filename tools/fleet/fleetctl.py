@@ -312,8 +312,7 @@ def write_inventories(hosts, invdir):
 
 def cmd_up(args):
     if os.path.exists(STATE):
-        log("a fleet is already up ({0}); stopping it first".format(STATE))
-        cmd_down(args)
+        raise SystemExit("fleetctl: a fleet is already up ({0}); stop it first: fleetctl.py down".format(STATE))
     hosts = fleet_hosts(args.spec, args.agents)
     t0 = time.time()
     built = 0.0

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Fleet report: one row per host with every TCP state, from the tcp_status module's results.
+
+    fleet_report.py RESULTS.json [--sort STATE] [--out-dir DIR]
+
+RESULTS.json maps each inventory host to what `tcp_status` registered on it (gather.yml writes it): a result
+with `counts`, or an unreachable / failed result, or {} for a host that was never reached. Writes
+DIR/fleet-report.csv and DIR/fleet-report.json and prints a table. Rows are sorted by STATE (default TIME_WAIT),
+highest first; hosts without counts (unreachable, failed, not reached) come last, listed with the reason, never
+dropped. Exit code 0 even when hosts are missing: the report is the product; the table says what is missing.
+"""
+
+from __future__ import print_function
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, '..', 'roles', 'zabbix_tcp_status', 'module_utils'))
+from tcp_status_counter import STATES, ArgumentError, normalize_state  # noqa: E402  (the one list of states, kernel order)
+
+
+def classify(host, result):
+    """One row: host, status (ok, unreachable, failed, not reached), backend, total, counts, error."""
+    row = {'host': host, 'status': 'ok', 'backend': '', 'total': None, 'counts': {}, 'error': ''}
+    if not result:
+        row.update(status='not reached', error='no result (host not in the play, or removed from it earlier)')
+    elif result.get('unreachable'):
+        row.update(status='unreachable', error=result.get('msg', ''))
+    elif result.get('failed') or 'counts' not in result:
+        row.update(status='failed', error=result.get('msg', '') or result.get('module_stderr', ''))
+    else:
+        row.update(backend=result.get('backend', ''), total=result.get('total'),
+                   counts=dict((state, int(result['counts'].get(state, 0))) for state in STATES))
+    row['error'] = ' '.join(str(row['error']).split())[:300]
+    return row
+
+
+def sort_rows(rows, state):
+    counted = sorted((r for r in rows if r['counts']), key=lambda r: (-r['counts'][state], r['host']))
+    missing = sorted((r for r in rows if not r['counts']), key=lambda r: (r['status'], r['host']))
+    return counted + missing
+
+
+def table(rows, state):
+    short = {'ESTABLISHED': 'ESTAB', 'TIME_WAIT': 'T_WAIT', 'CLOSE_WAIT': 'C_WAIT', 'FIN_WAIT1': 'FIN_W1',
+             'FIN_WAIT2': 'FIN_W2', 'SYN_SENT': 'SYN_S', 'SYN_RECV': 'SYN_R', 'LAST_ACK': 'L_ACK',
+             'CLOSING': 'CLSING', 'LISTEN': 'LISTEN', 'CLOSE': 'CLOSE'}
+    heads = ['HOST'] + [short[s] + ('*' if s == state else '') for s in STATES] + ['TOTAL', 'BACKEND']
+    lines = []
+    for r in rows:
+        if r['counts']:
+            lines.append([r['host']] + [str(r['counts'][s]) for s in STATES] + [str(r['total']), r['backend']])
+        else:
+            lines.append([r['host'], '{0}: {1}'.format(r['status'].upper(), r['error'] or '-')])
+    widths = [max([len(heads[i])] + [len(line[i]) for line in lines if len(line) > 2]) for i in range(len(heads))]
+    out = ['  '.join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(heads, widths)))]
+    for line in lines:
+        if len(line) > 2:
+            out.append('  '.join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        else:
+            out.append(line[0].ljust(widths[0]) + '  ' + line[1])
+    return '\n'.join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('results')
+    parser.add_argument('--sort', default='TIME_WAIT', help='state to sort by, highest first (default TIME_WAIT)')
+    parser.add_argument('--out-dir', default='.')
+    args = parser.parse_args(argv)
+    try:
+        state = normalize_state(args.sort)
+    except ArgumentError as exc:
+        parser.error(str(exc))
+    with open(args.results) as fh:
+        results = json.load(fh)
+    rows = sort_rows([classify(host, result) for host, result in results.items()], state)
+    if not os.path.isdir(args.out_dir):
+        os.makedirs(args.out_dir)
+    csv_path = os.path.join(args.out_dir, 'fleet-report.csv')
+    with open(csv_path, 'w') as fh:
+        writer = csv.writer(fh, lineterminator='\n')
+        writer.writerow(['host', 'status'] + list(STATES) + ['total', 'backend', 'error'])
+        for r in rows:
+            writer.writerow([r['host'], r['status']] + [r['counts'].get(s, '') for s in STATES]
+                            + ['' if r['total'] is None else r['total'], r['backend'], r['error']])
+    json_path = os.path.join(args.out_dir, 'fleet-report.json')
+    summary = {
+        'generated': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        'sorted_by': state,
+        'hosts': len(rows),
+        'counted': sum(1 for r in rows if r['counts']),
+        'missing': dict((r['host'], r['status']) for r in rows if not r['counts']),
+        'fleet_totals': dict((s, sum(r['counts'].get(s, 0) for r in rows)) for s in STATES),
+        'rows': rows,
+    }
+    with open(json_path, 'w') as fh:
+        json.dump(summary, fh, indent=2)
+        fh.write('\n')
+    print(table(rows, state))
+    print('{0} hosts, {1} counted, {2} missing; sorted by {3}; wrote {4} and {5}'.format(
+        summary['hosts'], summary['counted'], len(summary['missing']), state, csv_path, json_path))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
