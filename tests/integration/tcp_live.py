@@ -90,6 +90,21 @@ def within(value, before, after, slack=5, ratio=0.03):
     return low - margin <= value <= high + margin
 
 
+def agree_despite_churn(compare, attempts=3):
+    """Run compare() (a list of disagreements with an oracle) until a round agrees; fail if none does.
+
+    Other work on the host (load generators) may open and close thousands of sockets between an oracle's
+    reads; a counting bug disagrees in every round.
+    """
+    rounds = []
+    for _attempt in range(attempts):
+        off = compare()
+        if not off:
+            return
+        rounds.append('\n'.join(off))
+    raise AssertionError('every round disagreed:\n' + '\n---\n'.join(rounds))
+
+
 # --------------------------------------------------------------------------------------------------
 # Real sockets on loopback
 # --------------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from tcp_live import LIBRARY, PYTHONS, REPO, STATES, VENV_BIN, ansible_env, run_adhoc, run_adhoc_hosts, \
-    run_playbook, settle, ss_counts, within, zero_counts
+from tcp_live import LIBRARY, PYTHONS, REPO, STATES, VENV_BIN, agree_despite_churn, ansible_env, run_adhoc, \
+    run_adhoc_hosts, run_playbook, settle, ss_counts, within, zero_counts
 
 PLAYBOOK = os.path.join('tests', 'integration', 'module_playbook.yml')
 
@@ -48,20 +48,21 @@ def assert_full_result(result):
     assert fact['local_ports'] == [] and fact['remote_ports'] == []
 
 
-def assert_matches_ss(result, before, after):
-    off = ['{0}: module {1}, ss {2} then {3}'.format(state, result['counts'][state], before[state], after[state])
-           for state in STATES if not within(result['counts'][state], before[state], after[state])]
-    assert not off, '\n'.join(off)
+def disagreements(result, before, after):
+    return ['{0}: module {1}, ss {2} then {3}'.format(state, result['counts'][state], before[state], after[state])
+            for state in STATES if not within(result['counts'][state], before[state], after[state])]
 
 
 @pytest.mark.parametrize('check', [False, True], ids=['normal', 'check_mode'])
 def test_adhoc_counts_match_ss(scene, check):
-    before = ss_counts()
-    status, result, proc = run_adhoc(check=check)
-    after = ss_counts()
-    assert status == 'SUCCESS' and proc.returncode == 0, proc.stdout + proc.stderr
-    assert_full_result(result)
-    assert_matches_ss(result, before, after)
+    def compare():
+        before = ss_counts()
+        status, result, proc = run_adhoc(check=check)
+        after = ss_counts()
+        assert status == 'SUCCESS' and proc.returncode == 0, proc.stdout + proc.stderr
+        assert_full_result(result)
+        return disagreements(result, before, after)
+    agree_despite_churn(compare)
 
 
 def test_adhoc_oneline_fleet_view(scene):
@@ -144,16 +145,20 @@ def old_targets(tmp_path):
     return ['-i', str(inventory)]
 
 
-def test_adhoc_on_old_targets(scene, ansible_216, old_targets):
-    for check in (False, True):
+@pytest.mark.parametrize('check', [False, True], ids=['normal', 'check_mode'])
+def test_adhoc_on_old_targets(scene, ansible_216, old_targets, check):
+    def compare():
         before = ss_counts()
         results, proc = run_adhoc_hosts(extra=old_targets, bin_dir=ansible_216, check=check, pattern='old_targets')
         after = ss_counts()
         assert sorted(results) == sorted(OLD_TARGETS), proc.stdout + proc.stderr
-        for host, (status, result) in results.items():
+        off = []
+        for host, (status, result) in sorted(results.items()):
             assert status == 'SUCCESS', (host, result)
             assert_full_result(result)
-            assert_matches_ss(result, before, after)
+            off += [host + ' ' + line for line in disagreements(result, before, after)]
+        return off
+    agree_despite_churn(compare)
 
 
 def test_playbook_on_old_targets(scene, ansible_216, old_targets):
