@@ -132,8 +132,8 @@ def normalize_state(name):
 
 
 def normalize_states(names):
-    """Canonical names of ``names`` (all states when empty), in kernel order, without repeats."""
-    if not names:
+    """Canonical names of ``names`` (all states when empty or when one is "all"), in kernel order, no repeats."""
+    if not names or any(str(name).strip().lower() == 'all' for name in names):
         return STATES
     wanted = set(normalize_state(name) for name in names)
     return tuple(state for state in STATES if state in wanted)
@@ -216,8 +216,8 @@ def count_netlink_messages(buf, length, tally, local_table=None, remote_table=No
             if msg_len >= NLMSG_HDRLEN + 4:
                 status = _NLMSG_ERRNO.unpack_from(buf, offset + NLMSG_HDRLEN)[0]
                 if status < 0:
-                    raise TcpStatusError('netlink dump ended with error {0}'.format(
-                        _errno_text(-status)))
+                    # e.g. ENOENT when tcp_diag is missing: refused, so that 'auto' falls back to /proc
+                    raise NetlinkRefused(-status)
             return True
         elif msg_type == NLMSG_ERROR:
             if msg_len < NLMSG_HDRLEN + 4:
@@ -313,7 +313,7 @@ def count_proc_lines(data, tally, local_table=None, remote_table=None, source='/
         except (ValueError, IndexError):
             raise ParseError('{0} line {1} is not a socket line: {2!r}'.format(
                 source, number, line[:80].decode('ascii', 'replace')))
-        if code > 255:
+        if not 0 <= code <= 255:
             raise ParseError('{0} line {1} has state {2:#x}, not a TCP state'.format(source, number, code))
         if filtered and not ((local_table is None or local_table[lport])
                              and (remote_table is None or remote_table[rport])):
