@@ -66,7 +66,10 @@ def ytemplate(y):
 
 @pytest.fixture(scope='module')
 def yitems(ytemplate):
-    return dict((item['key'], item) for item in ytemplate['items'])
+    # Zabbix exports leave defaults out (and importcompare flags them when spelled out): put them back here.
+    defaults = {'type': 'ZABBIX_PASSIVE', 'value_type': 'UNSIGNED', 'trends': '365d', 'history': '90d',
+                'delay': '1m'}
+    return dict((item['key'], dict(defaults, **item)) for item in ytemplate['items'])
 
 
 @pytest.fixture(scope='module')
@@ -322,6 +325,7 @@ def test_graph_stacks_every_state(y, x):
     graphs = y['graphs']
     assert len(graphs) == 1 and graphs[0]['type'] == 'STACKED'
     keys = [gi['item']['key'] for gi in graphs[0]['graph_items']]
+    assert [gi.get('sortorder', '0') for gi in graphs[0]['graph_items']] == [str(i) for i in range(len(STATES))]
     assert keys == ['tcp.status[{0}]'.format(s) for s in STATES]
     assert all(gi['item']['host'] == TEMPLATE for gi in graphs[0]['graph_items'])
     colors = [gi['color'] for gi in graphs[0]['graph_items']]
