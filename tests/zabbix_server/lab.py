@@ -10,8 +10,6 @@ it started and removes the directory; it is safe to call after a partial start.
 Also usable by hand:  python3 tests/zabbix_server/lab.py up   (starts, prints the API URL, waits for Ctrl-C)
 """
 
-from __future__ import print_function
-
 import gzip
 import json
 import os
@@ -24,10 +22,7 @@ import sys
 import tempfile
 import time
 
-try:
-    from urllib.request import Request, urlopen
-except ImportError:  # pragma: no cover - controller is Python 3
-    raise
+from urllib.request import Request, urlopen
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COUNTER = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'module_utils', 'tcp_status_counter.py')

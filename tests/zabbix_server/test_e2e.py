@@ -145,22 +145,23 @@ def agents(lab):
     log('agent under test: {0} ({1})'.format(mode, why))
     lock = None
     was_running = None
-    if mode == 'system':
-        lock = open(LOCK, 'a')
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        was_running = not lablib.port_free(SYSTEM_PORT)
-        run_playbook(['playbook.yml'])
-        port = SYSTEM_PORT
-    else:
-        lab.start_agent(GOOD_HOST, PRIVATE_PORT)
-        port = PRIVATE_PORT
-    # An agent whose UserParameter passes the script a bad argument: the agent answers the script's error line.
-    lab.start_agent(BROKEN_HOST, BROKEN_PORT, json_params='"$1" "$2" "bogus-family"')
     try:
+        if mode == 'system':
+            lock = open(LOCK, 'a')
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            was_running = not lablib.port_free(SYSTEM_PORT)
+            run_playbook(['playbook.yml'])
+            port = SYSTEM_PORT
+        else:
+            lab.start_agent(GOOD_HOST, PRIVATE_PORT)
+            port = PRIVATE_PORT
+        # An agent whose UserParameter passes the script a bad argument: the agent answers the script's error line.
+        lab.start_agent(BROKEN_HOST, BROKEN_PORT, json_params='"$1" "$2" "bogus-family"')
         yield {'mode': mode, 'port': port}
     finally:
         if lock is not None:
-            if not was_running:
+            if not was_running and not lablib.port_free(SYSTEM_PORT):
+                # The role started the system agent for this test: stop it again (init script, no systemd here).
                 subprocess.run(['/etc/init.d/zabbix-agent', 'stop'], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
             fcntl.flock(lock, fcntl.LOCK_UN)
