@@ -232,12 +232,20 @@ def registered(lab, agents, inventory):
     iface = api.call('hostinterface.get', {'hostids': hostid, 'output': ['interfaceid']})[0]['interfaceid']
     seed = api.call('item.create', {'hostid': hostid, 'name': 'TIME_WAIT', 'key_': 'tcp.status[TIME_WAIT]',
                                     'type': 0, 'value_type': 3, 'delay': '1m', 'interfaceid': iface})['itemids'][0]
-    # 3. The real registration: 6.0 YAML, both hosts, host macros; then a second run must change nothing.
+    # 3. The real registration: 6.0 YAML, both hosts, host macros, user and password.
     out, recap = run_playbook(['playbook-register.yml'], inventory)
     yaml_shape = template_shape(api)
-    out2, recap2 = run_playbook(['playbook-register.yml'], inventory)
+    # 4. Again with an API token instead of the password (given as extra vars, the way a vault file would):
+    #    nothing may change, and the token must not show in the output.
+    tokenid = api.call('token.create', {'name': 'zts-e2e', 'userid': '1'})['tokenids'][0]
+    token = api.call('token.generate', [tokenid])[0]['token']
+    secrets = lab.path('secrets.yml')
+    with open(secrets, 'w') as handle:
+        yaml.safe_dump({'zabbix_tcp_status_api_token': token, 'zabbix_tcp_status_api_user': '',
+                        'zabbix_tcp_status_api_password': ''}, handle)
+    out2, recap2 = run_playbook(['playbook-register.yml', '-e', '@' + secrets, '-v'], inventory)
     return {'xml': xml_shape, 'yaml': yaml_shape, 'seed_itemid': seed, 'hostid': hostid, 'recap': recap,
-            'recap2': recap2, 'out2': out2}
+            'recap2': recap2, 'out2': out2, 'token': token}
 
 
 def _close_wait_sockets(count):
@@ -296,6 +304,9 @@ def test_registration_links_both_hosts_and_is_idempotent(lab, registered):
     for host, counts in registered['recap2'].items():
         assert counts['changed'] == 0 and counts['failed'] == 0, (host, registered['out2'][-3000:])
     assert registered['recap'][GOOD_HOST]['changed'] > 0
+    # The second run used the token (user and password emptied), at -v, under no_log.
+    assert registered['token'] not in registered['out2']
+    assert 'the output has been hidden' in registered['out2']
 
 
 def test_recipe_item_is_kept_when_the_template_is_linked(lab, registered):
