@@ -16,7 +16,8 @@ registers the hosts; the assertions read the API:
 The agent: with ZTS_E2E_AGENT=system (or auto, the default, when the role zabbix_tcp_status is ready) the
 system agent on 10050 is configured by `ansible-playbook playbook.yml` while holding
 /tmp/zts-system-agent.lock; with ZTS_E2E_AGENT=private a private zabbix_agentd on 127.0.0.1:10060 carries
-the same UserParameter lines. Needs root (apt, runuser postgres). About 4-5 minutes.
+the same UserParameter lines. Needs root (apt, runuser postgres). About 2-3 minutes (plus the role's run on the
+system agent). ZTS_E2E_KEEP=1 keeps the lab's logs.
 """
 
 import fcntl
@@ -131,11 +132,12 @@ def wait_for(what, func, timeout, step=2):
 @pytest.fixture(scope='module')
 def lab():
     start = time.time()
-    with lablib.Lab() as the_lab:
+    # ZTS_E2E_KEEP=1 keeps the lab's directory (server, agent, PHP and PostgreSQL logs) after the processes stop.
+    with lablib.Lab(keep=os.environ.get('ZTS_E2E_KEEP') == '1') as the_lab:
         log('lab up in {0:.0f}s: Zabbix {1}, steps {2}, apt installed {3}'.format(
             time.time() - start, the_lab.api_version, the_lab.timings, the_lab.installed))
         yield the_lab
-    log('lab stopped')
+    log('lab stopped' + (', logs kept in ' + the_lab.dir if the_lab.keep else ''))
 
 
 @pytest.fixture(scope='module')
