@@ -12,7 +12,7 @@ mkdir -p "$LOGS"
 trap '"$FLEETCTL" down >/dev/null 2>&1 || true' EXIT
 cd "$REPO"
 export ANSIBLE_NOCOLOR=1
-echo "ansible: $("$ANSIBLE_PLAYBOOK" --version | head -n 1); forks=$("$REPO/.venv/bin/ansible-config" dump 2>/dev/null | sed -n 's/^DEFAULT_FORKS.*= //p'); pipelining=$("$REPO/.venv/bin/ansible-config" dump 2>/dev/null | sed -n 's/^ANSIBLE_PIPELINING.*= //p'); cpus=$(nproc)"
+echo "ansible: $("$ANSIBLE_PLAYBOOK" --version | head -n 1); forks=$("$REPO/.venv/bin/ansible-config" dump 2>/dev/null | sed -n 's/^DEFAULT_FORKS.*= //p'); pipelining(ssh)=$(sed -n 's/^pipelining *= *//p' "$REPO/ansible.cfg"); cpus=$(nproc)"
 echo "| agent hosts | converge (s) | rerun (s) | tasks/host (ok+changed, rerun) | changed on rerun | failed |"
 echo "|---|---|---|---|---|---|"
 for n in "$@"; do
