@@ -19,6 +19,7 @@ Needs root, debootstrap, iproute2, util-linux (unshare), overlayfs. Caches under
 from __future__ import print_function
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -100,6 +101,14 @@ def chroot_run(root, script):
          "sh", "-c", wrapper, "chroot_run", root, script], env=env)
 
 
+def images_lock():
+    """Held while building: two runs never build the same image at once."""
+    os.makedirs(IMAGES_DIR, exist_ok=True)
+    lock = open(os.path.join(IMAGES_DIR, ".lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 def build_image(name, force=False):
     spec = IMAGES[name]
     final = os.path.join(IMAGES_DIR, name)
@@ -157,8 +166,15 @@ def cmd_build(args):
     if unknown:
         raise SystemExit("fleetctl: unknown image(s) {0}; known: {1}".format(unknown, ", ".join(sorted(IMAGES))))
     t0 = time.time()
-    for name in names:
-        build_image(name, force=args.force)
+    with images_lock():
+        if args.force:
+            # Rebuild from a fresh debootstrap too (new point releases).
+            for suite in set(IMAGES[n]["suite"] for n in names):
+                tarball = os.path.join(IMAGES_DIR, "{0}-minbase.tar".format(suite))
+                if os.path.exists(tarball):
+                    os.remove(tarball)
+        for name in names:
+            build_image(name, force=args.force)
     log("images ready in {0:.0f}s: {1}".format(time.time() - t0, ", ".join(names)))
 
 
@@ -316,8 +332,9 @@ def cmd_up(args):
     hosts = fleet_hosts(args.spec, args.agents)
     t0 = time.time()
     built = 0.0
-    for image in sorted(set(h["image"] for h in hosts)):
-        built += build_image(image)
+    with images_lock():
+        for image in sorted(set(h["image"] for h in hosts)):
+            built += build_image(image)
     pubkey = ensure_key()
     os.makedirs(RUN_DIR, exist_ok=True)
     server_ip = [h for h in hosts if h["server"]][0]["address"]
