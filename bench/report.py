@@ -82,7 +82,7 @@ def target_notes(results):
     smallest = results['sizes'][0]
     agent = dict((key, value['agent']['median']) for key, value in largest['timings'].items())
     cpu = largest['cpu_seconds']['ours_all']
-    start = results['python_start']['median']
+    start = largest['python_start']['median']
     interval = largest['interval']
     notes = []
     per_interval_11 = interval['recipe']['median'] / interval['ours_all']['median']
@@ -113,12 +113,13 @@ def target_notes(results):
             _fmt_ms(agent['native']), _fmt_ms(interval['native']['median']),
             _fmt_ms(interval['ours_all']['median'])))
     small = dict((key, value['agent']['median']) for key, value in smallest['timings'].items())
+    start_small = smallest['python_start']['median']
     notes.append(
         '- Small hosts: at {0} sockets every method costs tens of milliseconds and process start dominates '
         '(ours all states {1} ms, native one state {2} ms, recipe {3} ms via zabbix_get); ours pays Python\'s '
         'start ({4} ms), so its advantage only shows as the socket count grows.'.format(
             smallest['sockets_counted'], _fmt_ms(small['ours_all']), _fmt_ms(small['native']),
-            _fmt_ms(small['recipe']), _fmt_ms(start)))
+            _fmt_ms(small['recipe']), _fmt_ms(start_small)))
     return notes
 
 
@@ -209,6 +210,10 @@ def write_markdown(results, path, png_path, json_path):
             cells.append('/'.join('-' if item is None else ('yes' if item['agreed'] else '**no**')
                                   for item in agree))
             add('| {0} | {1} | {2} |'.format(method['label'], route_label, ' | '.join(cells)))
+    add('| for scale: `python3 -c "import errno, os, socket, struct, sys"` | bare command | {0} | |'.format(
+        ' | '.join('{0} [{1}-{2}]'.format(_fmt_ms(entry['python_start']['median']),
+                                          _fmt_ms(entry['python_start']['min']),
+                                          _fmt_ms(entry['python_start']['max'])) for entry in sizes)))
     add('')
 
     add('## Cost per monitoring interval: all 11 states, via zabbix_get, ms')
