@@ -164,6 +164,21 @@ def write_markdown(results, path, png_path, json_path):
     add('![time per call vs sockets]({0})'.format(png_rel))
     add('')
 
+    add('## Summary: one call, process start included, median ms')
+    add('')
+    add('| | ' + ' | '.join('{0} sockets'.format(_size_label(entry)) for entry in sizes) + ' |')
+    add('|---|' + '---|' * len(sizes))
+    for method_id, route, label in (
+            ('ours_all', 'bare', 'ours, all 11 states (`tcp_status.py all`), bare command'),
+            ('ours_one', 'bare', 'ours, one state (ESTABLISHED), bare command'),
+            ('recipe', 'bare', 'recipe\'s netstat script, one state, bare command'),
+            ('ours_all', 'agent', 'ours, all 11 states, through zabbix_get'),
+            ('native', 'agent', 'native `net.tcp.socket.count`, one state, through zabbix_get'),
+            ('recipe', 'agent', 'recipe\'s netstat script, one state, through zabbix_get')):
+        add('| {0} | {1} |'.format(label, ' | '.join(
+            _fmt_ms(entry['timings'][method_id][route]['median']) for entry in sizes)))
+    add('')
+
     add('## Targets at {0} sockets'.format(check['sockets']))
     add('')
     add('| target | measured | met |')
