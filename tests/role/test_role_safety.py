@@ -118,3 +118,12 @@ def test_bad_role_input_fails_before_any_change(recipe_host):
     assert result.returncode != 0
     assert 'zabbix_tcp_status_agent_flavour' in result.stdout and 'agent3' in result.stdout
     assert snapshot() == recipe_host
+
+
+def test_wrong_count_names_the_key_the_answer_and_what_to_check(recipe_host):
+    # A tolerance no count can meet: the agent answers, but the verify must reject the answer and say why.
+    result = playbook('-e', 'zabbix_tcp_status_verify_tolerance=-1000000')
+    assert "-k 'tcp.status[ESTABLISHED]'` run on localhost answered '" in result.stdout
+    assert 'expected an integer within -1000000 of the module' in result.stdout
+    assert 'Check: Server= in /etc/zabbix/zabbix_agentd.conf' in result.stdout
+    assert_rolled_back(recipe_host, result, running=True)
