@@ -39,9 +39,10 @@ unit: venv
 role: venv
 	$(BIN)/python -m pytest -q tests/role
 
+# These drive this machine's own agent: hold its lock, as the other tests that do.
 molecule: venv
-	$(BIN)/molecule test -s default
-	$(BIN)/molecule test -s agent2
+	flock /tmp/zts-system-agent.lock $(BIN)/molecule test -s default
+	flock /tmp/zts-system-agent.lock $(BIN)/molecule test -s agent2
 
 # Seven real hosts (debootstrap images in namespaces, sshd, agents 5.0/6.0/agent2/7.0, a Python 2.7 host, a broken
 # one, a server host running zabbix_get): see docs/FLEET.md. Images are cached in /root/.cache/zts.
