@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 
-.PHONY: deploy test venv host-packages lint unit role molecule fleet
+.PHONY: deploy test venv host-packages lint unit role molecule fleet zabbix-template zabbix-e2e
 
 deploy: venv
 	$(BIN)/ansible-playbook playbook.yml
@@ -27,7 +27,7 @@ $(VENV)/.installed: requirements.txt
 host-packages:
 	tests/setup-host.sh
 
-test: venv host-packages lint unit role molecule fleet
+test: venv host-packages lint unit role molecule zabbix-template zabbix-e2e fleet
 
 lint: venv
 	$(BIN)/yamllint --strict .
@@ -48,3 +48,11 @@ molecule: venv
 # one, a server host running zabbix_get): see docs/FLEET.md. Images are cached in /root/.cache/zts.
 fleet: venv
 	$(BIN)/molecule test -s fleet
+
+# The template as data (no server), then a real Zabbix 6.0 server, database and API started from Debian's packages
+# (tests/zabbix_server/lab.py): registration through the API, values and triggers arriving. See docs/TEMPLATE.md.
+zabbix-template: venv
+	$(BIN)/python -m pytest -q tests/zabbix_server/test_template.py
+
+zabbix-e2e: venv
+	$(BIN)/python -m pytest -q tests/zabbix_server/test_e2e.py
