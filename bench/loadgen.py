@@ -132,6 +132,28 @@ def _linger_close(sock):
         pass
 
 
+TCP_FIN_WAIT2 = 5
+
+
+def _wait_for_state(socks, state, timeout=10.0):
+    """Wait until every socket is in ``state`` (kernel code, from TCP_INFO's first byte).
+
+    Needed for the half-closed pairs: the peer delays its ACK of our FIN (delayed-ACK
+    "pingpong" mode), so clients sit in FIN_WAIT1 for up to ~200 ms after shutdown().
+    """
+    deadline = time.time() + timeout
+    pending = list(socks)
+    while pending:
+        pending = [sock for sock in pending
+                   if bytearray(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0] != state]
+        if not pending:
+            return
+        if time.time() > deadline:
+            raise LoadError('{0} sockets did not reach TCP state {1} within {2:g} s'.format(
+                len(pending), state, timeout))
+        time.sleep(0.01)
+
+
 def _connect_batch(listener, family, count, held, mode):
     """Connect ``count`` clients to ``listener`` in batches, accept them, put them in ``mode``."""
     address = listener.getsockname()[:2]
@@ -162,6 +184,7 @@ def _connect_batch(listener, family, count, held, mode):
             if mode == 'close_wait':
                 for client in clients:
                     client.shutdown(socket.SHUT_WR)  # client -> FIN_WAIT2, server -> CLOSE_WAIT
+                _wait_for_state(clients, TCP_FIN_WAIT2)
         done += batch
 
 
@@ -226,7 +249,7 @@ def run_worker(part, index, timeout):
         # TIME_WAIT last, so that no later connect() of ours recycles them (tcp_tw_reuse).
         for listener, count in zip(v4, _spread(part['time_wait'], len(v4))):
             _connect_batch(listener, socket.AF_INET, count, held, 'time_wait')
-    except (OSError, socket.error) as exc:
+    except (OSError, socket.error, LoadError) as exc:
         sys.stdout.write('FAILED worker {0}: {1} (holding {2} sockets)\n'.format(index, exc, len(held)))
         sys.stdout.flush()
         for sock in held:
