@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make deploy   run the main job on this machine: ansible-playbook playbook.yml against localhost
 #   make test     run every test (installs what it needs: Debian packages, the controller venv)
+#   make bench    rerun the whole benchmark (1k/10k/100k sockets) and rewrite docs/BENCHMARK.md and its plot
 # Both set themselves up on a fresh Debian/Ubuntu machine (run as root).
 
 VENV      ?= .venv
@@ -10,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 
-.PHONY: deploy test venv host-packages lint unit role molecule fleet zabbix-template zabbix-e2e
+.PHONY: deploy test venv host-packages lint unit role molecule fleet zabbix-template zabbix-e2e bench bench-smoke
 
 deploy: venv
 	$(BIN)/ansible-playbook playbook.yml
@@ -27,7 +28,7 @@ $(VENV)/.installed: requirements.txt
 host-packages:
 	tests/setup-host.sh
 
-test: venv host-packages lint unit role molecule zabbix-template zabbix-e2e fleet
+test: venv host-packages lint unit role molecule zabbix-template zabbix-e2e bench-smoke fleet
 
 lint: venv
 	$(BIN)/yamllint --strict .
@@ -56,3 +57,10 @@ zabbix-template: venv
 
 zabbix-e2e: venv
 	$(BIN)/python -m pytest -q tests/zabbix_server/test_e2e.py
+
+# The benchmark (docs/BENCHMARK.md): the whole run, and the 1k-socket smoke version that keeps the harness alive.
+bench: venv host-packages
+	bench/run.sh
+
+bench-smoke: venv
+	$(BIN)/python -m pytest -q tests/test_bench_smoke.py
