@@ -17,10 +17,10 @@ deploy: venv
 	$(BIN)/ansible-playbook playbook.yml
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt bench/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r bench/requirements.txt
 	touch $@
 
 # The real parts the tests run against: both agents, zabbix_get (Debian ships it in the proxy package), netstat
@@ -62,5 +62,5 @@ zabbix-e2e: venv
 bench: venv host-packages
 	bench/run.sh
 
-bench-smoke: venv
+bench-smoke: venv host-packages
 	$(BIN)/python -m pytest -q tests/test_bench_smoke.py
