@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 """Fixtures of the live tests: real loopback sockets closed after each test, and a cached ansible-core 2.16."""
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tcp_live import AC216_REQUIREMENTS, AC216_VENV, SocketFarm  # noqa: E402  (found through the line above)
+from tcp_live import AC216_VENV, SocketFarm  # noqa: E402  (found through the line above)
 
 
 @pytest.fixture
@@ -23,26 +22,10 @@ def farm():
 
 @pytest.fixture(scope='session')
 def ansible_216():
-    """bin dir of a venv with ansible-core 2.16 (created once, cached outside the repo)."""
-    bin_dir = os.path.join(AC216_VENV, 'bin')
-    marker = os.path.join(AC216_VENV, '.zts-requirements')
-    with open(AC216_REQUIREMENTS) as handle:
-        wanted = handle.read()
-    os.makedirs(os.path.dirname(AC216_VENV), exist_ok=True)
-    with open(AC216_VENV + '.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another test session may be creating it
-        current = None
-        if os.path.exists(marker):
-            with open(marker) as handle:
-                current = handle.read()
-        if current != wanted:
-            # Built in place (a venv's scripts name its path); the marker, written last, says it is complete.
-            subprocess.run([sys.executable, '-m', 'venv', '--clear', AC216_VENV], check=True)
-            subprocess.run([os.path.join(bin_dir, 'pip'), 'install', '-q', '--disable-pip-version-check',
-                            '-r', AC216_REQUIREMENTS], check=True, capture_output=True, text=True)
-            with open(marker, 'w') as handle:
-                handle.write(wanted)
-    version = subprocess.run([os.path.join(bin_dir, 'ansible'), '--version'], capture_output=True, text=True,
-                             check=True).stdout
-    assert 'core 2.16.' in version, version
-    return bin_dir
+    """bin dir of a venv with ansible-core 2.16, made (once, cached outside the repo) by the fleet's own script."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          'tools', 'fleet', 'venv-ac216.sh')
+    env = dict(os.environ, ZTS_AC216_VENV=AC216_VENV, ZTS_AC216_PYTHON=sys.executable)
+    result = subprocess.run([script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return os.path.join(result.stdout.strip(), 'bin')

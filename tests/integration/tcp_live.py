@@ -25,7 +25,6 @@ PYTHONS = {
 
 # ansible-core 2.16: the last release that manages Python 2.7 and 3.6 targets. Cached outside the repo.
 AC216_VENV = os.environ.get('ZTS_AC216_VENV', '/root/.cache/zts/venv-ac216')
-AC216_REQUIREMENTS = os.path.join(REPO, 'tests', 'integration', 'requirements-ansible-core-2.16.txt')
 
 sys.path.insert(0, MODULE_UTILS)
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Makes sure the ansible-core 2.16 controller venv exists: the last ansible-core that manages Python 2.7 targets
-# (CentOS 7). The same venv, lock and marker as tests/integration/conftest.py, from the same pinned requirements.
+# (CentOS 7). Used by the fleet scenario and by the module tests (tests/integration/conftest.py).
 set -eu
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=${ZTS_AC216_VENV:-/root/.cache/zts/venv-ac216}
