@@ -58,8 +58,6 @@ CODE_BY_STATE = dict((name, code) for code, name in STATE_CODES)
 # The kernel keeps half-open request sockets as TCP_NEW_SYN_RECV (12) and reports
 # them as SYN_RECV in both sock_diag and /proc, as ss and netstat show them.
 NEW_SYN_RECV = 12
-STATE_BY_CODE = dict(STATE_CODES)
-STATE_BY_CODE[NEW_SYN_RECV] = 'SYN_RECV'
 
 # Other spellings accepted for each state, after upper-casing and '-' -> '_':
 # ss (ESTAB, LISTENING, CLOSED, FIN_WAIT_1...) and RFC 793 (SYN_RECEIVED).
