@@ -19,14 +19,8 @@ sys.path.insert(0, BENCH)
 
 from loadgen import hold_sockets, read_port_range  # noqa: E402
 
-
-def _ss_counts():
-    output = subprocess.run(['ss', '-Htan'], stdout=subprocess.PIPE, check=True).stdout.decode()
-    counts = {}
-    for line in output.splitlines():
-        state = line.split(None, 1)[0]
-        counts[state] = counts.get(state, 0) + 1
-    return counts
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ss_oracle import ss_state_counts  # noqa: E402
 
 
 def _alive(pid):
@@ -40,21 +34,21 @@ def _alive(pid):
 
 
 def test_loadgen_holds_real_sockets_and_closes_them():
-    before = _ss_counts()
+    before = ss_state_counts()
     port_range = read_port_range()
     with hold_sockets(total=1000, timeout=60) as load:
-        during = _ss_counts()
+        during = ss_state_counts()
         pids = load.pids
-        assert during.get('ESTAB', 0) - before.get('ESTAB', 0) >= load.expected['ESTABLISHED']
-        assert during.get('CLOSE-WAIT', 0) - before.get('CLOSE-WAIT', 0) >= load.expected['CLOSE_WAIT']
-        assert during.get('FIN-WAIT-2', 0) - before.get('FIN-WAIT-2', 0) >= load.expected['FIN_WAIT2']
+        assert during.get('ESTABLISHED', 0) - before.get('ESTABLISHED', 0) >= load.expected['ESTABLISHED']
+        assert during.get('CLOSE_WAIT', 0) - before.get('CLOSE_WAIT', 0) >= load.expected['CLOSE_WAIT']
+        assert during.get('FIN_WAIT2', 0) - before.get('FIN_WAIT2', 0) >= load.expected['FIN_WAIT2']
         assert during.get('LISTEN', 0) - before.get('LISTEN', 0) >= load.expected['LISTEN']
-        assert during.get('TIME-WAIT', 0) - before.get('TIME-WAIT', 0) >= load.expected['TIME_WAIT'] - 5
+        assert during.get('TIME_WAIT', 0) - before.get('TIME_WAIT', 0) >= load.expected['TIME_WAIT'] - 5
     assert not [pid for pid in pids if _alive(pid)], 'load workers still running after the with block'
-    after = _ss_counts()
+    after = ss_state_counts()
     # Reset, not closed gracefully: nothing of ours is left but the TIME_WAIT batch.
-    assert after.get('ESTAB', 0) < before.get('ESTAB', 0) + 50
-    assert after.get('CLOSE-WAIT', 0) < before.get('CLOSE-WAIT', 0) + 10
+    assert after.get('ESTABLISHED', 0) < before.get('ESTABLISHED', 0) + 50
+    assert after.get('CLOSE_WAIT', 0) < before.get('CLOSE_WAIT', 0) + 10
     assert read_port_range() == port_range
 
 

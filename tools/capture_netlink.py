@@ -44,6 +44,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
+import ss_oracle  # noqa: E402  (tests/ss_oracle.py, the tests' ss reference)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(os.path.dirname(HERE), 'tests', 'fixtures')
 
@@ -78,12 +81,6 @@ EXPECTED_MIX = {
     ('ipv4', 'FIN_WAIT2'): 3, ('ipv6', 'FIN_WAIT2'): 2,
     ('ipv4', 'SYN_SENT'): 2,
 }
-
-SS_STATES = {'ESTAB': 'ESTABLISHED', 'SYN-SENT': 'SYN_SENT', 'SYN-RECV': 'SYN_RECV',
-             'FIN-WAIT-1': 'FIN_WAIT1', 'FIN-WAIT-2': 'FIN_WAIT2', 'TIME-WAIT': 'TIME_WAIT',
-             'UNCONN': 'CLOSE', 'CLOSE-WAIT': 'CLOSE_WAIT', 'LAST-ACK': 'LAST_ACK',
-             'LISTEN': 'LISTEN', 'CLOSING': 'CLOSING'}
-
 
 def diag_request(family, protocol, states, seq):
     # struct nlmsghdr + struct inet_diag_req_v2 (sockid left zero: dump everything).
@@ -123,16 +120,7 @@ def last_type(chunk):
 
 def ss_sockets():
     """Every TCP socket as [family, STATE, local port, remote port], from ss (sorted)."""
-    rows = []
-    for family, flag in (('ipv4', '-4'), ('ipv6', '-6')):
-        out = subprocess.check_output(['ss', '-tanH', flag]).decode()
-        for line in out.splitlines():
-            fields = line.split()
-            local, peer = fields[3], fields[4]
-            rport = peer.rpartition(':')[2]
-            rows.append([family, SS_STATES[fields[0]], int(local.rpartition(':')[2]),
-                         0 if rport == '*' else int(rport)])
-    return sorted(rows)
+    return sorted(list(row) for row in ss_oracle.ss_sockets())
 
 
 def connect(family, address, port):

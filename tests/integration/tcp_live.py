@@ -27,14 +27,11 @@ PYTHONS = {
 AC216_VENV = os.environ.get('ZTS_AC216_VENV', '/root/.cache/zts/venv-ac216')
 
 sys.path.insert(0, MODULE_UTILS)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ss_oracle import ss_sockets  # noqa: E402  (tests/, found through the line above)
 
 STATES = ('ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE',
           'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING')
-SS_STATES = {'ESTAB': 'ESTABLISHED', 'SYN-SENT': 'SYN_SENT', 'SYN-RECV': 'SYN_RECV',
-             'FIN-WAIT-1': 'FIN_WAIT1', 'FIN-WAIT-2': 'FIN_WAIT2', 'TIME-WAIT': 'TIME_WAIT',
-             'UNCONN': 'CLOSE', 'CLOSE-WAIT': 'CLOSE_WAIT', 'LAST-ACK': 'LAST_ACK', 'LISTEN': 'LISTEN',
-             'CLOSING': 'CLOSING'}
-
 
 def zero_counts():
     return dict((state, 0) for state in STATES)
@@ -43,21 +40,6 @@ def zero_counts():
 # --------------------------------------------------------------------------------------------------
 # Oracles
 # --------------------------------------------------------------------------------------------------
-
-def ss_sockets(family='all'):
-    """Every TCP socket as (family, STATE, local port, remote port), from `ss -tanH` (iproute2)."""
-    rows = []
-    for name, flag in (('ipv4', '-4'), ('ipv6', '-6')):
-        if family not in ('all', name):
-            continue
-        out = subprocess.run(['ss', '-tanH', flag], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            fields = line.split()
-            rport = fields[4].rpartition(':')[2]
-            rows.append((name, SS_STATES[fields[0]], int(fields[3].rpartition(':')[2]),
-                         0 if rport == '*' else int(rport)))
-    return rows
-
 
 def tally_rows(rows, local=None, remote=None):
     counts = zero_counts()

@@ -37,13 +37,13 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lab as lablib  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ss_oracle import ss_state_counts  # noqa: E402
+
 REPO = lablib.REPO
 TEMPLATE = 'TCP connection states'
 STATES = ['ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT',
           'LAST_ACK', 'LISTEN', 'CLOSING']
-SS_NAMES = {'ESTAB': 'ESTABLISHED', 'SYN-SENT': 'SYN_SENT', 'SYN-RECV': 'SYN_RECV', 'FIN-WAIT-1': 'FIN_WAIT1',
-            'FIN-WAIT-2': 'FIN_WAIT2', 'TIME-WAIT': 'TIME_WAIT', 'UNCONN': 'CLOSE', 'CLOSE-WAIT': 'CLOSE_WAIT',
-            'LAST-ACK': 'LAST_ACK', 'LISTEN': 'LISTEN', 'CLOSING': 'CLOSING'}
 GOOD_HOST = 'zts-e2e-agent'
 BROKEN_HOST = 'zts-e2e-broken'
 PRIVATE_PORT = 10060
@@ -105,8 +105,7 @@ class SsSampler(threading.Thread):
 
     def run(self):
         while not self.halt.is_set():
-            out = subprocess.run(['ss', '-Htan'], stdout=subprocess.PIPE, universal_newlines=True).stdout
-            counts = Counter(SS_NAMES.get(line.split()[0], line.split()[0]) for line in out.splitlines() if line)
+            counts = Counter(ss_state_counts())
             self.samples.append((time.time(), counts))
             self.halt.wait(1)
 
