@@ -29,15 +29,26 @@ STATE is a netstat or ss state name in any case (``TIME_WAIT``, ``time-wait``,
 nothing on stdout, and exits 2; a failure to read sockets exits 1.
 """
 
-from __future__ import absolute_import, division, print_function
+# The first statements keep the script's own directory out of the import path (issue 9, item 4). Run as
+# ``python -S /etc/zabbix/tcp_status.py``, Python puts /etc/zabbix first on sys.path, and any module written
+# there (a socket.py) would run with the agent's rights, and as root for the local fact, on every call. So
+# nothing is imported before that entry is dropped: sys is built in, and there is deliberately no
+# ``from __future__ import`` line, which is a real import of a module named __future__ found through sys.path
+# like any other. Nothing here needs it: no print statement, no ``/`` division, only standard library imports.
+# Imported as ansible.module_utils.tcp_status_counter (the module's payload), __name__ differs: sys.path is
+# left alone. Under -I (isolated) or -P (safe_path, 3.11+) Python never added the directory: nothing to drop.
+import sys
+
+if __name__ == '__main__' and not (getattr(sys.flags, 'isolated', 0) or getattr(sys.flags, 'safe_path', False)):
+    del sys.path[0]
 
 __metaclass__ = type
 
-import errno
-import os
-import socket
-import struct
-import sys
+import errno  # noqa: E402  (after the import path is made safe, above)
+import os  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
 
 # Kernel TCP state codes (include/net/tcp_states.h) and their netstat names.
 STATE_CODES = (
