@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tcp_live import COUNTER, PYTHONS, STATES, agree_despite_churn, settle, ss_counts, within, zero_counts
+from tcp_live import COUNTER, MODULE_UTILS, PYTHONS, STATES, agree_despite_churn, settle, ss_counts, within, zero_counts
 
 SS_SPELLINGS = ('estab', 'syn-sent', 'syn-recv', 'fin-wait-1', 'fin-wait-2', 'time-wait', 'closed',
                 'close-wait', 'last-ack', 'listen', 'listening', 'closing')
@@ -186,3 +186,74 @@ def test_bad_input_fails_with_one_clear_line(python, args, names):
     assert len(lines) == 1 and proc.stderr.endswith('\n'), 'stderr {0!r} is not one line'.format(proc.stderr)
     assert names in lines[0], 'stderr {0!r} does not name {1}'.format(lines[0], names)
     assert 'Traceback' not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The netlink deadline (issue 9 item 5): the whole dump must end before the agent's Timeout kills the script
+# --------------------------------------------------------------------------------------------------
+
+DEADLINE_LINE = re.compile(r'^NETLINK_TIMEOUT = .*$', re.M)  # the regex the role rewrites the installed line with
+AGENT_DEFAULT_TIMEOUT = 3.0
+
+
+def script_with_deadline(tmp_path, seconds):
+    """A copy of the script whose deadline line is rewritten as the role rewrites it."""
+    with open(COUNTER) as handle:
+        text = handle.read()
+    lines = DEADLINE_LINE.findall(text)
+    assert len(lines) == 1, 'the role needs exactly one NETLINK_TIMEOUT line to rewrite, found {0}'.format(lines)
+    assert re.match(r'^NETLINK_TIMEOUT = [0-9]+\.[0-9]+$', lines[0]), 'not a float literal: {0!r}'.format(lines[0])
+    path = tmp_path / 'tcp_status.py'
+    path.write_text(DEADLINE_LINE.sub('NETLINK_TIMEOUT = {0!r}'.format(seconds), text))
+    return str(path)
+
+
+def test_deadline_covers_the_whole_dump(python, tmp_path):
+    """A deadline shorter than one dump fails with one line, although the kernel answers each recv at once.
+
+    The kernel queues each part of a dump before recv asks for it: a timeout per recv (the old design) never
+    fires here, however short; a deadline over the whole dump does.
+    """
+    proc = subprocess.run([PYTHONS[python], script_with_deadline(tmp_path, 1e-6), 'all'], capture_output=True,
+                          text=True, timeout=30)
+    assert (proc.returncode, proc.stdout) == (1, ''), (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.count('\n') == 1 and proc.stderr.endswith('\n'), proc.stderr
+    assert proc.stderr.startswith('tcp_status: netlink dump gave no answer within 1e-06 s '), proc.stderr
+
+
+# A driver that runs the counter's own netlink backend against a real NETLINK_SOCK_DIAG socket whose request
+# the kernel ignores: netlink_rcv_skb() drops a message without NLM_F_REQUEST and answers nothing, as a hung
+# dump would. Only the request's flags are changed; the socket, the kernel and the deadline are real.
+HUNG_DUMP = r'''
+import struct, sys, time
+sys.path.insert(0, {module_utils!r})
+import tcp_status_counter as tsc
+real = tsc.diag_request
+def unanswered(family, mask, seq=1):
+    request = bytearray(real(family, mask, seq))
+    struct.pack_into('=H', request, 6, 0)
+    return bytes(request)
+tsc.diag_request = unanswered
+for backend in ('netlink', 'auto'):
+    start = time.time()
+    try:
+        tsc.count_states(backend=backend)
+        print('COUNTED ' + backend)
+    except tsc.TcpStatusError as exc:
+        print('{{0}} {{1:.3f}} {{2}} {{3}}'.format(backend, time.time() - start, type(exc).__name__, exc))
+'''
+
+
+def test_hung_dump_fails_before_the_agent_timeout(python):
+    proc = subprocess.run([PYTHONS[python], '-c', HUNG_DUMP.format(module_utils=MODULE_UTILS)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == '', proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    for backend, line in zip(('netlink', 'auto'), lines):
+        name, elapsed, kind, message = line.split(' ', 3)
+        assert name == backend, line
+        # auto does not fall back to /proc here: the deadline is spent, the agent would kill the fallback.
+        assert kind == 'TcpStatusError', line
+        assert message.startswith('netlink dump gave no answer within 2.5 s'), line
+        assert 2.4 <= float(elapsed) < AGENT_DEFAULT_TIMEOUT - 0.3, line

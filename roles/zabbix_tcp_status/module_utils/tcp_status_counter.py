@@ -101,7 +101,11 @@ DIAG_MSG_MINLEN = NLMSG_HDRLEN + 72
 # Large enough for any one dump part (the kernel caps parts at 32 KiB); a
 # reply larger than this is detected through MSG_TRUNC, never counted short.
 RECV_BUFSIZE = 256 * 1024
-NETLINK_TIMEOUT = 10.0
+# Seconds the whole netlink dump (every family, every part) may take, so that a hung dump fails with this
+# script's own message before the Zabbix agent's Timeout (3 s by default) kills it. The role rewrites the next
+# line of the installed script, matched by the regex ^NETLINK_TIMEOUT = .*$, to the agent's Timeout minus 0.5 s:
+# keep it one line of that form, a float literal.
+NETLINK_TIMEOUT = 2.5
 
 _NLMSGHDR = struct.Struct('=IH')
 _NLMSG_ERRNO = struct.Struct('=i')
@@ -268,6 +272,18 @@ def state_mask(codes):
     return mask
 
 
+# A clock that never goes back where there is one (Python 3.3+); Python 2.7 has only the wall clock.
+_clock = getattr(time, 'monotonic', time.time)
+
+
+def _time_left(deadline):
+    """Seconds left until deadline (a _clock() value); socket.timeout once none are left."""
+    left = deadline - _clock()
+    if left <= 0:
+        raise socket.timeout()
+    return left
+
+
 def _count_netlink(families, codes, local_table, remote_table):
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
@@ -276,12 +292,14 @@ def _count_netlink(families, codes, local_table, remote_table):
     tally = _new_counter()
     buf = bytearray(RECV_BUFSIZE)
     mask = state_mask(codes)
+    deadline = _clock() + NETLINK_TIMEOUT
     try:
-        sock.settimeout(NETLINK_TIMEOUT)
         for seq, family_name in enumerate(families, 1):
+            sock.settimeout(_time_left(deadline))
             sock.send(diag_request(family_name, mask, seq))
             done = False
             while not done:
+                sock.settimeout(_time_left(deadline))
                 received = sock.recv_into(buf, RECV_BUFSIZE, socket.MSG_TRUNC)
                 if received > RECV_BUFSIZE:
                     raise TcpStatusError(
@@ -291,7 +309,8 @@ def _count_netlink(families, codes, local_table, remote_table):
                     raise ParseError('netlink socket closed before NLMSG_DONE')
                 done = count_netlink_messages(buf, received, tally, local_table, remote_table)
     except socket.timeout:
-        raise TcpStatusError('netlink dump gave no answer within {0:g} s'.format(NETLINK_TIMEOUT))
+        raise TcpStatusError('netlink dump gave no answer within {0:g} s (the deadline NETLINK_TIMEOUT, '
+                             'set under the agent\'s Timeout)'.format(NETLINK_TIMEOUT))
     except socket.error as exc:
         raise BackendUnavailable('netlink sock_diag failed: {0}'.format(exc))
     finally:
