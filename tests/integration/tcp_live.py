@@ -87,6 +87,49 @@ def agree_despite_churn(compare, attempts=3):
 
 
 # --------------------------------------------------------------------------------------------------
+# A process refused the sock_diag socket, as SELinux refuses it to zabbix_agent_t on EL
+# --------------------------------------------------------------------------------------------------
+
+# Where SELinux denies `create` on netlink_tcpdiag_socket, socket(AF_NETLINK, SOCK_RAW, NETLINK_SOCK_DIAG) fails
+# with EACCES. A seccomp filter makes the kernel answer exactly that call exactly so, for a child process and
+# everything it runs (ansible, its worker, the module's interpreter, the script), and nothing else.
+_SECCOMP_ARCH = {'x86_64': (0xc000003e, 41), 'aarch64': (0xc00000b7, 198)}  # (AUDIT_ARCH_*, __NR_socket)
+AF_NETLINK, NETLINK_SOCK_DIAG = 16, 4
+
+
+def refuse_sock_diag():
+    """preexec_fn for subprocess: from here on, socket(AF_NETLINK, *, NETLINK_SOCK_DIAG) fails with EACCES."""
+    import ctypes
+    import errno
+    import platform
+    arch, nr_socket = _SECCOMP_ARCH[platform.machine()]
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [('code', ctypes.c_ushort), ('jt', ctypes.c_ubyte), ('jf', ctypes.c_ubyte),
+                    ('k', ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.POINTER(SockFilter))]
+
+    load, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    program = [
+        (load, 0, 0, 4), (jeq, 0, 7, arch),             # seccomp_data.arch; another ABI: allow
+        (load, 0, 0, 0), (jeq, 0, 5, nr_socket),        # seccomp_data.nr == socket
+        (load, 0, 0, 16), (jeq, 0, 3, AF_NETLINK),      # args[0] (domain), low 32 bits
+        (load, 0, 0, 32), (jeq, 0, 1, NETLINK_SOCK_DIAG),  # args[2] (protocol), low 32 bits
+        (ret, 0, 0, 0x00050000 | errno.EACCES),         # SECCOMP_RET_ERRNO | EACCES
+        (ret, 0, 0, 0x7fff0000),                        # SECCOMP_RET_ALLOW
+    ]
+    filters = (SockFilter * len(program))(*[SockFilter(*insn) for insn in program])
+    fprog = SockFprog(len(program), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, so that the filter survives execve
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_NO_NEW_PRIVS)')
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        raise OSError(ctypes.get_errno(), 'prctl(PR_SET_SECCOMP)')
+
+
+# --------------------------------------------------------------------------------------------------
 # Real sockets on loopback
 # --------------------------------------------------------------------------------------------------
 
@@ -206,11 +249,12 @@ def ansible_env():
 
 
 def run_adhoc_hosts(module_args='', extra=(), bin_dir=VENV_BIN, check=False, oneline=False, pattern='localhost',
-                    timeout=120):
+                    timeout=120, preexec_fn=None):
     """`ansible PATTERN -m tcp_status`; returns ({host: (status word, result dict)}, completed process).
 
     Read from the ad-hoc output `HOST | SUCCESS => {...}` (JSON result format), or with oneline=True
     from the `-o` lines that are the documented fleet view. The status word is SUCCESS or FAILED!.
+    preexec_fn (e.g. refuse_sock_diag) runs in the ansible process before it starts.
     """
     cmd = [os.path.join(bin_dir, 'ansible'), pattern, '-m', 'tcp_status']
     if module_args:
@@ -222,7 +266,8 @@ def run_adhoc_hosts(module_args='', extra=(), bin_dir=VENV_BIN, check=False, one
     cmd += list(extra)
     env = ansible_env()
     env['ANSIBLE_CALLBACK_RESULT_FORMAT'] = 'json'
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=preexec_fn)
     results = {}
     for match in re.finditer(r'^(\S+) \| (SUCCESS|FAILED!) => ', proc.stdout, re.M):
         results[match.group(1)] = (match.group(2), json.JSONDecoder().raw_decode(proc.stdout, match.end())[0])

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from tcp_live import LIBRARY, PYTHONS, REPO, STATES, VENV_BIN, agree_despite_churn, ansible_env, run_adhoc, \
-    run_adhoc_hosts, run_playbook, settle, ss_counts, within, zero_counts
+from tcp_live import LIBRARY, PYTHONS, REPO, STATES, VENV_BIN, agree_despite_churn, ansible_env, refuse_sock_diag, \
+    run_adhoc, run_adhoc_hosts, run_playbook, settle, ss_counts, within, zero_counts
 
 PLAYBOOK = os.path.join('tests', 'integration', 'module_playbook.yml')
 
@@ -42,9 +42,9 @@ def assert_full_result(result):
     assert sorted(result['counts']) == sorted(STATES)
     assert all(type(value) is int for value in result['counts'].values())
     assert result['total'] == sum(result['counts'].values())
-    assert result['backend'] == 'netlink' and result['family'] == 'all'
+    assert result['backend'] == 'netlink' and result['family'] == 'all' and result['fallbacks'] == []
     fact = result['ansible_facts']['tcp_status']
-    assert fact['counts'] == result['counts'] and fact['total'] == result['total']
+    assert fact['counts'] == result['counts'] and fact['total'] == result['total'] and fact['fallbacks'] == []
     assert fact['local_ports'] == [] and fact['remote_ports'] == []
 
 
@@ -78,6 +78,24 @@ def test_adhoc_options(scene):
     assert result['counts'] == {'LISTEN': 1, 'TIME_WAIT': 0, 'ESTABLISHED': 2}
     assert (result['backend'], result['family'], result['total']) == ('proc', 'ipv4', 3)
     assert result['ansible_facts']['tcp_status']['local_ports'] == [str(scene['v4'])]
+
+
+REFUSED = 'netlink: cannot open a NETLINK_SOCK_DIAG socket: [Errno 13] Permission denied'
+REFUSED_WARNING = '[WARNING]: tcp_status counted with the proc backend; tried first: ' + REFUSED
+
+
+def test_adhoc_says_why_netlink_was_not_used(scene):
+    """Refused the sock_diag socket (EACCES, as SELinux refuses it on EL), auto counts from /proc and says why."""
+    status, result, proc = run_adhoc('local_ports={0}'.format(scene['v4']), preexec_fn=refuse_sock_diag)
+    assert status == 'SUCCESS', proc.stdout + proc.stderr
+    want = zero_counts()
+    want.update(LISTEN=1, ESTABLISHED=2, CLOSE_WAIT=1)
+    assert (result['backend'], result['counts'], result['fallbacks']) == ('proc', want, [REFUSED])
+    assert result['ansible_facts']['tcp_status']['fallbacks'] == [REFUSED]
+    assert REFUSED_WARNING in ' '.join(proc.stderr.split()), proc.stderr
+    _status, result, proc = run_adhoc('local_ports={0}'.format(scene['v4']))
+    assert (result['backend'], result['counts'], result['fallbacks']) == ('netlink', want, [])
+    assert 'WARNING' not in proc.stderr, proc.stderr
 
 
 def test_adhoc_unsupported_option_fails():
@@ -123,7 +141,7 @@ def test_ansible_doc_renders():
     assert doc['doc']['attributes']['check_mode']['support'] == 'full'
     returns = doc['return']
     for key, kind in (('counts', 'dict'), ('total', 'int'), ('backend', 'str'), ('family', 'str'),
-                      ('ansible_facts', 'dict')):
+                      ('fallbacks', 'list'), ('ansible_facts', 'dict')):
         assert returns[key]['type'] == kind and 'sample' in returns[key] or key == 'ansible_facts', key
     assert doc['examples'].strip()
 
@@ -159,6 +177,18 @@ def test_adhoc_on_old_targets(scene, ansible_216, old_targets, check):
             off += [host + ' ' + line for line in disagreements(result, before, after)]
         return off
     agree_despite_churn(compare)
+
+
+def test_refused_netlink_on_old_targets(scene, ansible_216, old_targets):
+    results, proc = run_adhoc_hosts('states=LISTEN,ESTABLISHED local_ports={0}'.format(scene['v4']),
+                                    extra=old_targets, bin_dir=ansible_216, pattern='old_targets',
+                                    preexec_fn=refuse_sock_diag)
+    assert sorted(results) == sorted(OLD_TARGETS), proc.stdout + proc.stderr
+    for host, (status, result) in sorted(results.items()):
+        assert status == 'SUCCESS', (host, result)
+        assert (result['backend'], result['counts'], result['fallbacks']) == (
+            'proc', {'LISTEN': 1, 'ESTABLISHED': 2}, [REFUSED]), host
+    assert REFUSED_WARNING in ' '.join(proc.stderr.split()), proc.stderr  # once: ansible shows a warning once
 
 
 def test_playbook_on_old_targets(scene, ansible_216, old_targets):

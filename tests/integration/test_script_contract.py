@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from tcp_live import COUNTER, MODULE_UTILS, PYTHONS, STATES, agree_despite_churn, settle, ss_counts, within, zero_counts
+from tcp_live import COUNTER, MODULE_UTILS, PYTHONS, STATES, agree_despite_churn, refuse_sock_diag, settle, ss_counts, \
+    within, zero_counts
 
 SS_SPELLINGS = ('estab', 'syn-sent', 'syn-recv', 'fin-wait-1', 'fin-wait-2', 'time-wait', 'closed',
                 'close-wait', 'last-ack', 'listen', 'listening', 'closing')
@@ -257,3 +258,45 @@ def test_hung_dump_fails_before_the_agent_timeout(python):
         assert kind == 'TcpStatusError', line
         assert message.startswith('netlink dump gave no answer within 2.5 s'), line
         assert 2.4 <= float(elapsed) < AGENT_DEFAULT_TIMEOUT - 0.3, line
+
+
+# --------------------------------------------------------------------------------------------------
+# Netlink refused (issue 9 item 5), as SELinux refuses it to the agent on EL without the role's policy module
+# --------------------------------------------------------------------------------------------------
+
+REFUSED = 'netlink: cannot open a NETLINK_SOCK_DIAG socket: [Errno 13] Permission denied'
+
+
+def test_refused_netlink_keeps_the_output_contract(python, scene):
+    """The script falls back to /proc and says nothing: the agent reads stdout and stderr as one value."""
+    v4 = str(scene['v4'])
+    for args, want in ((('ESTABLISHED', v4), '3\n'), (('LISTEN', v4), '1\n'), (('close-wait', v4), '1\n')):
+        proc = subprocess.run([PYTHONS[python], COUNTER] + list(args), capture_output=True, text=True, timeout=30,
+                              preexec_fn=refuse_sock_diag)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, want, ''), (args, proc)
+    proc = subprocess.run([PYTHONS[python], COUNTER, 'all', v4], capture_output=True, text=True, timeout=30,
+                          preexec_fn=refuse_sock_diag)
+    want = zero_counts()
+    want.update(LISTEN=1, ESTABLISHED=3, CLOSE_WAIT=1)
+    assert proc.returncode == 0 and proc.stderr == '' and json.loads(proc.stdout) == want, proc
+
+
+BACKEND_AND_FALLBACKS = r'''
+import sys
+sys.path.insert(0, {module_utils!r})
+import tcp_status_counter as tsc
+result = tsc.count_states(states=['LISTEN'])
+print(result['backend'])
+for reason in result['fallbacks']:
+    print(reason)
+'''
+
+
+def test_count_states_says_why_it_fell_back(python):
+    def run(**kwargs):
+        proc = subprocess.run([PYTHONS[python], '-c', BACKEND_AND_FALLBACKS.format(module_utils=MODULE_UTILS)],
+                              capture_output=True, text=True, timeout=30, **kwargs)
+        assert proc.returncode == 0 and proc.stderr == '', proc.stderr
+        return proc.stdout.splitlines()
+    assert run() == ['netlink']
+    assert run(preexec_fn=refuse_sock_diag) == ['proc', REFUSED]

@@ -15,7 +15,8 @@ description:
   - Counts the host's TCP sockets in each kernel state (ESTABLISHED, TIME_WAIT, LISTEN, ...), for IPv4 and
     IPv6 together or one family, optionally only those on given local or remote ports.
   - Reads the kernel's socket table through netlink sock_diag, falling back to C(/proc/net/tcp) and
-    C(/proc/net/tcp6) when netlink is refused, and to psutil only where neither exists (not Linux).
+    C(/proc/net/tcp6) when netlink is refused (saying why in RV(fallbacks) and a warning), and to psutil only
+    where neither exists (not Linux).
   - The counting code is the same file that the role C(zabbix_tcp_status) installs as the Zabbix agent's script,
     so the module and the agent always agree.
   - Half-open request sockets (the kernel's NEW_SYN_RECV) are counted as C(SYN_RECV), as C(ss) and C(netstat)
@@ -123,17 +124,27 @@ family:
   returned: always
   type: str
   sample: all
+fallbacks:
+  description:
+    - Why each backend tried before RV(backend) could not count, one string each, starting with the backend's
+      name; empty when the first one tried answered. With O(backend=auto) a non-empty list means netlink was refused (for example by SELinux,
+      or a kernel without C(tcp_diag)) and the slower C(/proc) files were read; the module also warns with it.
+  returned: always
+  type: list
+  elements: str
+  sample: ["netlink: cannot open a NETLINK_SOCK_DIAG socket: [Errno 13] Permission denied"]
 ansible_facts:
   description: The same result as a fact.
   returned: always
   type: dict
   contains:
     tcp_status:
-      description: V(counts), V(total), V(backend), V(family), V(local_ports) and V(remote_ports) as above.
+      description: V(counts), V(total), V(backend), V(family), V(fallbacks), V(local_ports) and V(remote_ports)
+        as above.
       type: dict
       returned: always
       sample: {"counts": {"ESTABLISHED": 12, "LISTEN": 9, "TIME_WAIT": 40}, "total": 61, "backend": "netlink",
-               "family": "all", "local_ports": [], "remote_ports": []}
+               "family": "all", "fallbacks": [], "local_ports": [], "remote_ports": []}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -162,6 +173,8 @@ def main():
     if 'error' in result:
         # Outside the except block, so that the failure is the message alone, not a traceback.
         module.fail_json(msg=result['error'])
+    for reason in result['fallbacks']:
+        module.warn('tcp_status counted with the {0} backend; tried first: {1}'.format(result['backend'], reason))
     facts = dict(result, local_ports=params['local_ports'], remote_ports=params['remote_ports'])
     module.exit_json(changed=False, ansible_facts={'tcp_status': facts}, **result)
 

@@ -396,7 +396,9 @@ def count_states(states=None, family='all', local_ports=None, remote_ports=None,
 
     Returns a dict: ``counts`` (state name -> int, one entry per requested
     state, all states by default), ``total``, ``backend`` (the one that
-    answered) and ``family``. Raises ArgumentError on bad input and
+    answered), ``family`` and ``fallbacks``: why each backend tried before
+    the one that answered could not count, as ``'netlink: <reason>'`` (empty
+    when the first answered). Raises ArgumentError on bad input and
     TcpStatusError when no backend can count.
     """
     names = normalize_states(states)
@@ -419,7 +421,8 @@ def count_states(states=None, family='all', local_ports=None, remote_ports=None,
             continue
         tally[CODE_BY_STATE['SYN_RECV']] += tally[NEW_SYN_RECV]
         counts = dict((state, tally[CODE_BY_STATE[state]]) for state in names)
-        return {'counts': counts, 'total': sum(counts.values()), 'backend': name, 'family': family}
+        return {'counts': counts, 'total': sum(counts.values()), 'backend': name, 'family': family,
+                'fallbacks': failures}
     raise TcpStatusError('no backend could count TCP sockets: {0}'.format('; '.join(failures)))
 
 
