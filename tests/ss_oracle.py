@@ -13,24 +13,38 @@ SS_STATES = {'ESTAB': 'ESTABLISHED', 'SYN-SENT': 'SYN_SENT', 'SYN-RECV': 'SYN_RE
              'CLOSING': 'CLOSING'}
 
 
+def parse_ss(text, family='all'):
+    """(family, STATE, local port, remote port) for each line of `ss -tanH` output (any host's: the molecule
+    verifier passes what it ran through testinfra)."""
+    rows = []
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        rport = fields[4].rpartition(':')[2]
+        rows.append((family, SS_STATES[fields[0]], int(fields[3].rpartition(':')[2]),
+                     0 if rport == '*' else int(rport)))
+    return rows
+
+
+def state_counts(rows):
+    """{STATE: n} for the states that have sockets among rows."""
+    counts = {}
+    for _family, state, _lport, _rport in rows:
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
 def ss_sockets(family='all'):
     """Every TCP socket as (family, STATE, local port, remote port), from `ss -tanH` (iproute2)."""
     rows = []
     for name, flag in (('ipv4', '-4'), ('ipv6', '-6')):
         if family not in ('all', name):
             continue
-        out = subprocess.check_output(['ss', '-tanH', flag]).decode()
-        for line in out.splitlines():
-            fields = line.split()
-            rport = fields[4].rpartition(':')[2]
-            rows.append((name, SS_STATES[fields[0]], int(fields[3].rpartition(':')[2]),
-                         0 if rport == '*' else int(rport)))
+        rows += parse_ss(subprocess.check_output(['ss', '-tanH', flag]).decode(), name)
     return rows
 
 
 def ss_state_counts():
     """{STATE: n} for the states that have sockets, both families."""
-    counts = {}
-    for _family, state, _lport, _rport in ss_sockets():
-        counts[state] = counts.get(state, 0) + 1
-    return counts
+    return state_counts(ss_sockets())
