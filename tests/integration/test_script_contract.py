@@ -300,3 +300,30 @@ def test_count_states_says_why_it_fell_back(python):
         return proc.stdout.splitlines()
     assert run() == ['netlink']
     assert run(preexec_fn=refuse_sock_diag) == ['proc', REFUSED]
+
+
+# --------------------------------------------------------------------------------------------------
+# A huge argument (issue 9 item 8): the error line names it, capped, never echoes it whole
+# --------------------------------------------------------------------------------------------------
+
+HUGE = 'x' * 100000
+HUGE_CASES = [
+    ((HUGE,), 100000),
+    (('LISTEN', HUGE), 100000),
+    (('LISTEN', '80,' + HUGE), 100000),
+    (('LISTEN', '', '1' * 100000), 100000),
+    (('all', '', '', HUGE), 100000),
+    (('LISTEN', '', '', 'ipv4', HUGE, 'y'), 100000),
+    (('LISTEN', '\n' * 100000), 100000),
+]
+
+
+@pytest.mark.parametrize('args,length', HUGE_CASES, ids=['state', 'local', 'local-item', 'remote', 'family', 'extra',
+                                                         'newlines'])
+def test_huge_argument_is_capped_in_the_error_line(python, args, length):
+    proc = script(python, *args)
+    assert (proc.returncode, proc.stdout) == (2, ''), (proc.returncode, proc.stdout[:200], proc.stderr[:200])
+    assert proc.stderr.count('\n') == 1 and proc.stderr.endswith('\n'), proc.stderr[:300]
+    assert len(proc.stderr) < 600, 'error line of {0} characters: {1}...'.format(len(proc.stderr), proc.stderr[:300])
+    assert '...({0} chars)'.format(length) in proc.stderr, proc.stderr
+    assert proc.stderr.startswith('tcp_status: ') and 'Traceback' not in proc.stderr

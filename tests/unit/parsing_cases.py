@@ -480,6 +480,21 @@ def case_count_states_rejects_bad_arguments():
     raises(tsc.ArgumentError, ["'nope'"], tsc.count_states, ['nope'])
 
 
+def case_messages_cap_long_values():
+    """A value the user gave is echoed cut after 64 characters, with its length (a list as the module passes it)."""
+    long_name = 'x' * 1000
+    for exc_words, function, args in (
+            (["'" + 'x' * 64 + "'...(1000 chars)"], tsc.normalize_state, (long_name,)),
+            (['...(1000 chars)'], tsc.count_states, (None, long_name)),
+            (['...(1000 chars)'], tsc.count_states, (None, 'all', None, None, long_name)),
+            (["'" + 'y' * 64 + "'...(500 chars)", "['80', 'yyy"], tsc.parse_ports, (['80', 'y' * 500],)),
+            (["'" + '9' * 64 + "'...(300 chars)", 'out of range'], tsc.parse_ports, ('9' * 300,))):
+        exc = raises(tsc.ArgumentError, exc_words, function, *args)
+        assert len(str(exc)) < 400, (function.__name__, len(str(exc)))
+    exc = raises(tsc.ArgumentError, ["'" + 'x' * 64 + "'"], tsc.normalize_state, 'x' * 64)
+    assert 'chars)' not in str(exc), 'a value of 64 characters is shown whole: {0}'.format(exc)
+
+
 def case_counts_json():
     counts = dict((name, index) for index, name in enumerate(NETSTAT_NAMES))
     text = tsc.counts_json(counts)

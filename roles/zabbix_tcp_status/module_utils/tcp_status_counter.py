@@ -117,6 +117,25 @@ PROC_FILES = (('ipv4', '/proc/net/tcp'), ('ipv6', '/proc/net/tcp6'))
 USAGE = 'usage: tcp_status.py STATE|all [LOCAL_PORTS [REMOTE_PORTS [FAMILY]]]'
 
 
+SHOWN_CHARS = 64
+
+
+def _shown(value):
+    """A value the user gave, for a one-line message: its repr(), cut after SHOWN_CHARS characters.
+
+    The agent returns the script's error line as the item's value, and the server stores it: a 100 kB
+    argument must not come back whole. A cut value is followed by its length, e.g. 'xxx...'...(100000 chars).
+    """
+    if isinstance(value, (str, type(u''))):
+        if len(value) > SHOWN_CHARS:
+            return '{0!r}...({1} chars)'.format(value[:SHOWN_CHARS], len(value))
+        return repr(value)
+    text = repr(value)
+    if len(text) > SHOWN_CHARS:
+        return '{0}...({1} chars)'.format(text[:SHOWN_CHARS], len(text))
+    return text
+
+
 class TcpStatusError(Exception):
     """A failure to count, with a message meant for the user."""
 
@@ -139,8 +158,8 @@ def normalize_state(name):
     key = STATE_ALIASES.get(key, key)
     if key not in CODE_BY_STATE:
         raise ArgumentError(
-            'unknown TCP state {0!r}; accepted: {1} (ss spellings such as time-wait '
-            'and listening too, any case), or all'.format(name, ', '.join(STATES)))
+            'unknown TCP state {0}; accepted: {1} (ss spellings such as time-wait '
+            'and listening too, any case), or all'.format(_shown(name), ', '.join(STATES)))
     return key
 
 
@@ -173,20 +192,20 @@ def parse_ports(spec):
                     raise ValueError(part)
             except ValueError:
                 raise ArgumentError(
-                    'bad port {0!r} in {1!r}; use numbers 0-65535 or ranges like 1024-65535, '
-                    'separated by commas'.format(part, spec))
+                    'bad port {0} in {1}; use numbers 0-65535 or ranges like 1024-65535, '
+                    'separated by commas'.format(_shown(part), _shown(spec)))
             if not 0 <= first <= last <= 65535:
                 raise ArgumentError(
-                    'port {0!r} in {1!r} is out of range; ports are 0-65535 and a range '
-                    'goes low-high'.format(part, spec))
+                    'port {0} in {1} is out of range; ports are 0-65535 and a range '
+                    'goes low-high'.format(_shown(part), _shown(spec)))
             table[first:last + 1] = b'\x01' * (last - first + 1)
     return table
 
 
 def _family_names(family):
     if family not in FAMILIES:
-        raise ArgumentError('unknown address family {0!r}; accepted: {1}'.format(
-            family, ', '.join(FAMILIES)))
+        raise ArgumentError('unknown address family {0}; accepted: {1}'.format(
+            _shown(family), ', '.join(FAMILIES)))
     return ('ipv4', 'ipv6') if family == 'all' else (family,)
 
 
@@ -406,7 +425,7 @@ def count_states(states=None, family='all', local_ports=None, remote_ports=None,
     local_table = parse_ports(local_ports)
     remote_table = parse_ports(remote_ports)
     if backend not in BACKENDS:
-        raise ArgumentError('unknown backend {0!r}; accepted: {1}'.format(backend, ', '.join(BACKENDS)))
+        raise ArgumentError('unknown backend {0}; accepted: {1}'.format(_shown(backend), ', '.join(BACKENDS)))
     codes = [CODE_BY_STATE[name] for name in names]
     failures = []
     for name, function in _BACKEND_FUNCTIONS:
@@ -440,8 +459,8 @@ def run_script(argv):
     if not args:
         return 2, '', 'tcp_status: missing STATE; {0}\n'.format(USAGE)
     if len(args) > 4:
-        return 2, '', 'tcp_status: too many arguments ({0}: {1}); {2}\n'.format(
-            len(args), ' '.join(repr(arg) for arg in args[4:]), USAGE)
+        return 2, '', 'tcp_status: too many arguments ({0}: {1}{2}); {3}\n'.format(
+            len(args), ' '.join(_shown(arg) for arg in args[4:7]), ' ...' if len(args) > 7 else '', USAGE)
     target = args[0]
     want_all = target.strip().lower() == 'all'
     try:
