@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the tests run against. Idempotent; needs root.
 set -eu
-packages="zabbix-agent zabbix-agent2 zabbix-proxy-sqlite3 net-tools iproute2 procps util-linux debootstrap bc time"
+packages="zabbix-agent zabbix-agent2 zabbix-proxy-sqlite3 net-tools iproute2 procps util-linux debootstrap bc time checkpolicy semodule-utils"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
