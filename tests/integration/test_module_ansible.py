@@ -105,14 +105,14 @@ def test_adhoc_unsupported_option_fails():
     assert 'nonsense' in result['msg'] and 'counts' not in result, result['msg']
 
 
-def test_adhoc_states_all_is_not_self_contradicting():
-    """The unknown-state message offers "or all"; the module must then accept all (or not offer it)."""
-    status, result, _proc = run_adhoc('states=all')
-    if status == 'FAILED!':
-        assert 'or all' not in result['msg'], (
-            'states=all is refused with a message that lists all as accepted: {0!r}'.format(result['msg']))
-    else:
-        assert sorted(result['counts']) == sorted(STATES)
+def test_adhoc_states_all_means_every_state():
+    """The unknown-state message offers "or all": the module accepts all, alone or among other states."""
+    for value in ('all', 'ALL', 'LISTEN,all'):
+        status, result, proc = run_adhoc('states={0}'.format(value))
+        assert status == 'SUCCESS', (value, result.get('msg'), proc.stderr)
+        assert sorted(result['counts']) == sorted(STATES), value
+    status, result, _proc = run_adhoc('states=bogus')
+    assert status == 'FAILED!' and 'or all' in result['msg'], result
 
 
 @pytest.mark.parametrize('check', [False, True], ids=['normal', 'check_mode'])
