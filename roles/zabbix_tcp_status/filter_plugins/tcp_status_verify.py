@@ -1,0 +1,89 @@
+# -*- coding: utf-8 -*-
+# Copyright: zabbix-tcp-status contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The verify's judgement of one zabbix_get answer, on the controller (tasks/verify.yml).
+
+An answer must be what the script prints (one non-negative integer, or a JSON object with every state as one) and
+each count must lie in the window that the module's own counts, taken just before and just after the zabbix_get
+calls, leave open: between them, widened only by what was seen to move between the two counts (the churn), the
+query's own connection (an ESTABLISHED socket on each end when zabbix_get runs on the host itself, one otherwise)
+and the user's tolerance.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import re
+
+DOCUMENTATION = r'''
+name: zabbix_tcp_status_answer_problem
+short_description: What is wrong with one zabbix_get answer of the tcp.status keys, or an empty string
+description:
+  - Used by the role zabbix_tcp_status to verify the agent's answers against the module's own counts.
+positional: key, before, after, json_key, own, tolerance
+options:
+  _input:
+    description: The answer (zabbix_get's stdout).
+    type: str
+    required: true
+'''
+
+SEED_KEY = re.compile(r'^tcp\.status\[([A-Za-z_]+)\]$')
+
+
+def window(state, before, after, own, tolerance):
+    """The (lowest, highest) count of ``state`` that the agent may answer."""
+    low, high = sorted((int(before[state]), int(after[state])))
+    churn = high - low
+    return max(low - churn - tolerance, 0), high + churn + tolerance + int(own.get(state, 0))
+
+
+def _count_problem(state, value, before, after, own, tolerance):
+    low, high = window(state, before, after, own, tolerance)
+    if low <= value <= high:
+        return ''
+    return '{0} from {1} to {2} for {3} (the module counted {4} before and {5} after the agent answered; {6})'.format(
+        'a count' if low != high else 'exactly', low, high, state, before[state], after[state],
+        'zabbix_tcp_status_verify_tolerance {0}'.format(tolerance) if tolerance else
+        'raise zabbix_tcp_status_verify_tolerance on hosts whose connections churn faster')
+
+
+def answer_problem(answer, key, before, after, json_key, own=None, tolerance=0):
+    """'' when ``answer`` (the agent's answer to ``key``) is right, else what was expected instead."""
+    answer = '' if answer is None else str(answer).strip()
+    tolerance = int(tolerance)
+    own = own or {}
+    if key == json_key:
+        try:
+            counts = json.loads(answer)
+        except ValueError:
+            counts = None
+        if not isinstance(counts, dict):
+            return 'a JSON object with every state ({0})'.format(', '.join(before))
+        missing = [state for state in before if state not in counts]
+        extra = sorted(state for state in counts if state not in before)
+        if missing or extra:
+            return 'a JSON object with exactly the states {0} (missing: {1}; unknown: {2})'.format(
+                ', '.join(before), ', '.join(missing) or 'none', ', '.join(extra) or 'none')
+        for state in before:
+            value = counts[state]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return 'a non-negative integer for every state; {0} is {1}'.format(state, json.dumps(value))
+            problem = _count_problem(state, value, before, after, own, tolerance)
+            if problem:
+                return problem
+        return ''
+    match = SEED_KEY.match(key)
+    state = match.group(1).upper() if match else None
+    if state not in before:
+        return 'a key the verify knows (tcp.status[STATE] or {0}), not {1}'.format(json_key, key)
+    if not re.match(r'^(0|[1-9][0-9]*)$', answer):
+        return 'one non-negative integer'
+    return _count_problem(state, int(answer), before, after, own, tolerance)
+
+
+class FilterModule(object):
+    def filters(self):
+        return {'zabbix_tcp_status_answer_problem': answer_problem}
