@@ -3,8 +3,9 @@
 #   ip netns exec zts-h-NAME unshare --uts --ipc --mount --pid --fork --kill-child --propagation private boot.sh
 # so the host has its own network, hostname, PIDs and mounts. Every mount below lives in the host's private
 # mount namespace and disappears with it; killing this process (PID 1) kills every process of the host.
-# Environment: ZTS_HOSTNAME, ZTS_LOWER (the cached image), ZTS_HOSTDIR (upper/work/root dirs, authorized_keys),
-# ZTS_SERVER (the agent's Server= allowlist).
+# Environment: ZTS_HOSTNAME, ZTS_LOWER (the cached image), ZTS_HOSTDIR (upper/work/root dirs, authorized_keys,
+# psk.key or psk/), ZTS_SERVER (the agent's Server= allowlist), ZTS_SHAPE and ZTS_SHAPE_SCRIPT (the agent
+# configuration's shape, applied by shape.sh), ZTS_PSK_IDENTITY, ZTS_SERVER_PSK_DIR.
 set -eu
 R="$ZTS_HOSTDIR/root"
 IN_ROOT="env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 chroot $R"
@@ -41,6 +42,16 @@ if [ ! -e "$R/etc/zts-host" ]; then
         sed -i -e "s/^Server=.*/Server=$ZTS_SERVER/" -e "s/^ServerActive=/# ServerActive=/" \
             -e "s/^Hostname=.*/Hostname=$ZTS_HOSTNAME/" "$conf"
     done
+    if [ -n "${ZTS_SHAPE:-}" ]; then
+        "$ZTS_SHAPE_SCRIPT" "$ZTS_SHAPE" "$R"
+    fi
+    if [ -d "$ZTS_HOSTDIR/psk" ]; then
+        # The server host: the PSK of every psk-shaped agent, for zabbix_get --tls-psk-file (root only).
+        mkdir -p -m 0700 "$R$ZTS_SERVER_PSK_DIR"
+        for key in "$ZTS_HOSTDIR"/psk/*.psk; do
+            install -m 0600 "$key" "$R$ZTS_SERVER_PSK_DIR/"
+        done
+    fi
     echo "$ZTS_HOSTNAME" > "$R/etc/zts-host"
 fi
 

@@ -22,6 +22,7 @@ import argparse
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -48,15 +49,21 @@ HOST_NS_PREFIX = "zts-h-"
 CTL_VETH = "zts-ctl"
 SSH_PORT = 22
 AGENT_PORT = 10050
+SHAPE = os.path.join(HERE, "shape.sh")
+# Agent configuration shapes real fleets have, applied by shape.sh at a host's first boot (see there).
+SHAPES = ("", "el7", "incdir", "psk", "unsafe")
+# Where the server host keeps each PSK agent's key (root only), for zabbix_get --tls-psk-file.
+SERVER_PSK_DIR = "/etc/zts-psk"
 
 BASE_PACKAGES = ["openssh-server"]
 IMAGES = {
     "bullseye-agent": {"suite": "bullseye", "packages": BASE_PACKAGES + ["python3", "zabbix-agent"]},
-    "bookworm-agent": {"suite": "bookworm", "packages": BASE_PACKAGES + ["python3", "zabbix-agent"]},
+    # net-tools: the old recipe's script (netstat) works on the hosts shaped as the recipe left them (shape.sh).
+    "bookworm-agent": {"suite": "bookworm", "packages": BASE_PACKAGES + ["python3", "zabbix-agent", "net-tools"]},
     "bookworm-agent2": {"suite": "bookworm", "packages": BASE_PACKAGES + ["python3", "zabbix-agent2"]},
     "trixie-agent": {"suite": "trixie", "packages": BASE_PACKAGES + ["python3", "zabbix-agent"]},
     # CentOS 7's Python: no python3 at all, /usr/bin/python is a Python 2.7 (pyenv's build, copied in).
-    "bookworm-py27": {"suite": "bookworm", "packages": BASE_PACKAGES + ["zabbix-agent"], "python27": True},
+    "bookworm-py27": {"suite": "bookworm", "packages": BASE_PACKAGES + ["zabbix-agent", "net-tools"], "python27": True},
     # The Zabbix "server" side: zabbix_get ships in the proxy/server packages.
     "bookworm-server": {"suite": "bookworm", "packages": BASE_PACKAGES + ["python3", "zabbix-proxy-sqlite3"]},
 }
@@ -109,10 +116,20 @@ def images_lock():
     return lock
 
 
+def image_current(name):
+    """The cached image exists and was built from the packages IMAGES lists now (a changed list rebuilds it)."""
+    marker = os.path.join(IMAGES_DIR, name, ".zts-image")
+    try:
+        with open(marker) as fh:
+            return json.load(fh).get("packages") == IMAGES[name]["packages"]
+    except (OSError, ValueError):
+        return False
+
+
 def build_image(name, force=False):
     spec = IMAGES[name]
     final = os.path.join(IMAGES_DIR, name)
-    if os.path.exists(os.path.join(final, ".zts-image")) and not force:
+    if image_current(name) and not force:
         return 0.0
     t0 = time.time()
     suite = spec["suite"]
@@ -184,7 +201,8 @@ def cmd_build(args):
 def fleet_hosts(spec_file, agents):
     """The hosts to start. A spec is a JSON list of molecule-style platforms: name, image, address
     (10.231.0.N), groups (zabbix_servers marks the server), optional broken: allowlist (the agent's Server=
-    leaves out the fleet's server). molecule/fleet's create.yml passes its platforms."""
+    leaves out the fleet's server), optional shape: the agent configuration's shape (SHAPES, shape.sh).
+    molecule/fleet's create.yml passes its platforms."""
     if spec_file:
         with open(spec_file) as fh:
             platforms = json.load(fh)
@@ -203,9 +221,13 @@ def fleet_hosts(spec_file, agents):
         if not address.startswith(NET_PREFIX) or not 2 <= int(address[len(NET_PREFIX):] or 0) <= 254:
             raise SystemExit("fleetctl: {0}: address must be {1}2-254, got {2!r}".format(
                 p["name"], NET_PREFIX, address))
+        if p.get("shape", "") not in SHAPES:
+            raise SystemExit("fleetctl: {0}: unknown shape {1!r}; known: {2}".format(
+                p["name"], p.get("shape"), ", ".join(s for s in SHAPES if s)))
         hosts.append({"name": p["name"], "image": p["image"], "address": address,
                       "ip": int(address[len(NET_PREFIX):]), "groups": list(p.get("groups", [])),
-                      "server": "zabbix_servers" in p.get("groups", []), "broken": p.get("broken", "")})
+                      "server": "zabbix_servers" in p.get("groups", []), "broken": p.get("broken", ""),
+                      "shape": p.get("shape", "")})
     if sum(1 for h in hosts if h["server"]) != 1:
         raise SystemExit("fleetctl: a fleet needs exactly one host in group zabbix_servers")
     return hosts
@@ -249,6 +271,26 @@ def setup_host_net(host):
     return ns
 
 
+def psk_identity(host):
+    return "zts-psk-" + host["name"]
+
+
+def make_psks(hosts):
+    """A fresh PSK for every psk-shaped host, made at each start (never stored in the repository): the agent's
+    copy goes to its host dir, the server's copy of each to the server's host dir (psk/NAME.psk)."""
+    server = [h for h in hosts if h["server"]][0]
+    server_dir = os.path.join(RUN_DIR, server["name"], "psk")
+    for h in hosts:
+        if h["shape"] != "psk":
+            continue
+        key = secrets.token_hex(32) + "\n"
+        for path in (os.path.join(RUN_DIR, h["name"], "psk.key"), os.path.join(server_dir, h["name"] + ".psk")):
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(key)
+
+
 def start_host(host, pubkey, server_ip):
     hdir = os.path.join(RUN_DIR, host["name"])
     for sub in ("upper", "work", "root"):
@@ -261,7 +303,8 @@ def start_host(host, pubkey, server_ip):
             host["name"], host["broken"]))
     servers = "127.0.0.1" if host["broken"] == "allowlist" else "127.0.0.1,{0}".format(server_ip)
     env = dict(os.environ, ZTS_HOSTNAME=host["name"], ZTS_LOWER=os.path.join(IMAGES_DIR, host["image"]),
-               ZTS_HOSTDIR=hdir, ZTS_SERVER=servers)
+               ZTS_HOSTDIR=hdir, ZTS_SERVER=servers, ZTS_SHAPE=host["shape"], ZTS_SHAPE_SCRIPT=SHAPE,
+               ZTS_PSK_IDENTITY=psk_identity(host), ZTS_SERVER_PSK_DIR=SERVER_PSK_DIR)
     logf = open(os.path.join(hdir, "boot.log"), "ab")
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, "unshare", "--uts", "--ipc", "--mount", "--pid", "--fork",
@@ -299,7 +342,13 @@ def write_inventories(hosts, invdir):
 
     def hostvars(h):
         python = "/usr/bin/python" if IMAGES[h["image"]].get("python27") else "/usr/bin/python3"
-        return {"ansible_host": h["address"], "ansible_python_interpreter": python, "fleet_image": h["image"]}
+        hv = {"ansible_host": h["address"], "ansible_python_interpreter": python, "fleet_image": h["image"],
+              "fleet_shape": h.get("shape", "")}
+        if h.get("shape") == "psk":
+            # what zabbix_get on the server host needs to reach this agent
+            hv["fleet_psk_identity"] = psk_identity(h)
+            hv["fleet_psk_file"] = "{0}/{1}.psk".format(SERVER_PSK_DIR, h["name"])
+        return hv
 
     def group(members):
         return {"hosts": dict((h["name"], hostvars(h)) for h in members)}
@@ -341,6 +390,7 @@ def cmd_up(args):
     state = {"hosts": hosts, "started": time.time()}
     try:
         setup_hub()
+        make_psks(hosts)
         for h in hosts:
             start_host(h, pubkey, server_ip)
             with open(STATE, "w") as fh:
@@ -415,8 +465,8 @@ def cmd_status(args):
         state = json.load(fh)
     for h in state["hosts"]:
         pids = ns_pids(h["netns"]) if netns_exists(h["netns"]) else []
-        print("{0:14} {1:16} {2:13} {3:30} {4} processes".format(
-            h["name"], h["image"], h["address"], ",".join(h["groups"]), len(pids)))
+        print("{0:14} {1:16} {2:13} {3:30} {4:7} {5} processes".format(
+            h["name"], h["image"], h["address"], ",".join(h["groups"]), h.get("shape") or "-", len(pids)))
 
 
 def main(argv=None):
@@ -426,7 +476,7 @@ def main(argv=None):
     p.add_argument("images", nargs="*", help="default: all of " + ", ".join(sorted(IMAGES)))
     p.add_argument("--force", action="store_true")
     p = sub.add_parser("up")
-    p.add_argument("--spec", help="JSON list of platforms (name, image, address, groups, broken)")
+    p.add_argument("--spec", help="JSON list of platforms (name, image, address, groups, broken, shape)")
     p.add_argument("--agents", type=int, help="no spec: a scale fleet, the server plus N agent hosts")
     p.add_argument("--inventory", help="directory to write the inventories into")
     sub.add_parser("down")
