@@ -44,8 +44,9 @@ def _count_problem(state, value, before, after, own, tolerance):
     low, high = window(state, before, after, own, tolerance)
     if low <= value <= high:
         return ''
-    return '{0} from {1} to {2} for {3} (the module counted {4} before and {5} after the agent answered; {6})'.format(
-        'a count' if low != high else 'exactly', low, high, state, before[state], after[state],
+    expected = 'exactly {0}'.format(low) if low == high else 'a count from {0} to {1}'.format(low, high)
+    return '{0} for {1} (the module counted {2} before and {3} after the agent answered; {4})'.format(
+        expected, state, before[state], after[state],
         'zabbix_tcp_status_verify_tolerance {0}'.format(tolerance) if tolerance else
         'raise zabbix_tcp_status_verify_tolerance on hosts whose connections churn faster')
 
