@@ -13,11 +13,19 @@ registers the hosts; the assertions read the API:
 - an agent whose script answers an error line makes the master item unsupported with the script's message,
   and the "no data" trigger fires.
 
-The agent: with ZTS_E2E_AGENT=system (or auto, the default, when the role zabbix_tcp_status is ready) the
-system agent on 10050 is configured by `ansible-playbook playbook.yml` while holding
-/tmp/zts-system-agent.lock; with ZTS_E2E_AGENT=private a private zabbix_agentd on 127.0.0.1:10060 carries
-the same UserParameter lines. Needs root (apt, runuser postgres). About 2-3 minutes (plus the role's run on the
-system agent). ZTS_E2E_KEEP=1 keeps the lab's logs.
+- triggers resolve when the condition is cleared: the CLOSE_WAIT sockets closed, and the LISTEN minimum set to
+  the host's real listener count (which fired when set one above it, so a wrong LISTEN value fails either way).
+
+The agent under test is this machine's system agent on 10050, configured by `ansible-playbook playbook.yml`
+while holding /tmp/zts-system-agent.lock. When the role cannot run (the playbook fails --syntax-check, or the
+run fails), the test FAILS: it never falls back to anything else.
+
+ZTS_E2E_AGENT=private is an explicit opt-in for working on the lab itself, NOT a test of the role: a private
+zabbix_agentd on 127.0.0.1:10060 with hand-written UserParameter lines (AllowRoot=1, Timeout=10) that run the
+counter from the repository. It prints a warning and is never the default.
+
+Needs root (apt, runuser postgres). About 3-4 minutes (plus the role's run on the system agent).
+ZTS_E2E_KEEP=1 keeps the lab's logs.
 """
 
 import fcntl
@@ -71,15 +79,19 @@ def role_ready():
 
 
 def agent_mode():
-    wanted = os.environ.get('ZTS_E2E_AGENT', 'auto')
-    if wanted not in ('auto', 'system', 'private'):
-        raise ValueError('ZTS_E2E_AGENT must be auto, system or private, not {0!r}'.format(wanted))
+    """'system' (the default: the role configures the system agent), or 'private' only when asked for by name.
+    Fails when the role cannot run: there is no fallback."""
+    wanted = os.environ.get('ZTS_E2E_AGENT', 'system')
+    if wanted not in ('system', 'private'):
+        pytest.fail('ZTS_E2E_AGENT must be system (the default) or private (the lab alone, NOT a test of the '
+                    'role), not {0!r}'.format(wanted))
     if wanted == 'private':
-        return 'private', 'ZTS_E2E_AGENT=private'
+        log('WARNING: ZTS_E2E_AGENT=private: a lab agent with hand-written UserParameter lines; the role is NOT tested')
+        return 'private', 'ZTS_E2E_AGENT=private (the role is NOT tested)'
     ready, why = role_ready()
-    if wanted == 'system' and not ready:
-        pytest.fail('ZTS_E2E_AGENT=system but the role is not ready: ' + why)
-    return ('system', why) if ready else ('private', why)
+    if not ready:
+        pytest.fail('the role cannot run, so the end-to-end test fails: ' + why)
+    return 'system', why
 
 
 def run_playbook(args, inventory=None, cwd=REPO):
@@ -129,7 +141,13 @@ def wait_for(what, func, timeout, step=2):
 
 
 @pytest.fixture(scope='module')
-def lab():
+def mode():
+    """Decided before the lab starts, so that a role that cannot run fails the test at once."""
+    return agent_mode()
+
+
+@pytest.fixture(scope='module')
+def lab(mode):
     start = time.time()
     # ZTS_E2E_KEEP=1 keeps the lab's directory (server, agent, PHP and PostgreSQL logs) after the processes stop.
     with lablib.Lab(keep=os.environ.get('ZTS_E2E_KEEP') == '1') as the_lab:
@@ -140,9 +158,9 @@ def lab():
 
 
 @pytest.fixture(scope='module')
-def agents(lab):
+def agents(lab, mode):
     """Returns the port of the agent under test; holds the system agent's lock while the test uses it."""
-    mode, why = agent_mode()
+    mode, why = mode
     log('agent under test: {0} ({1})'.format(mode, why))
     lock = None
     was_running = None
@@ -368,21 +386,28 @@ def _set_host_macros(api, host, macros):
             api.call('usermacro.create', {'hostid': hostid, 'macro': macro, 'value': value})
 
 
-def test_triggers_fire_when_crossed_on_purpose(lab, registered, held_sockets):
+def test_triggers_fire_when_crossed_and_resolve_when_cleared(lab, registered, held_sockets):
     api = lab.api
     held = 60
     base = int(host_items(api, GOOD_HOST)['tcp.status[CLOSE_WAIT]']['lastvalue'])
+    # The host's real listeners, as ss counts them. The LISTEN trigger fires when every value of the period is
+    # below {$TCP.LISTEN.MIN}: set one above the real count it must fire, set to the real count it must resolve.
+    # A value too high never fires, a value too low never resolves.
+    close_wait = 'TCP sockets pile up in CLOSE_WAIT'
+    few_listen = 'Fewer than {$TCP.LISTEN.MIN} listening'
     listener, accepted = _close_wait_sockets(held)
     try:
+        listen = ss_state_counts().get('LISTEN', 0)
+        log('ss counts {0} listening sockets, Zabbix last said {1}'.format(
+            listen, host_items(api, GOOD_HOST)['tcp.status[LISTEN]']['lastvalue']))
         _set_host_macros(api, GOOD_HOST, {
             '{$TCP.CLOSE_WAIT.MAX}': str(base + held // 2), '{$TCP.CLOSE_WAIT.PERIOD}': '25s',
-            '{$TCP.LISTEN.MIN}': '100000', '{$TCP.LISTEN.PERIOD}': '25s'})
+            '{$TCP.LISTEN.MIN}': str(listen + 1), '{$TCP.LISTEN.PERIOD}': '25s'})
         start = time.time()
-        wanted = ('TCP sockets pile up in CLOSE_WAIT', 'Fewer than {$TCP.LISTEN.MIN} listening')
 
         def fired():
             names = list(_problems(api, GOOD_HOST))
-            return names if all(any(n.startswith(w) for n in names) for w in wanted) else None
+            return names if all(any(n.startswith(w) for n in names) for w in (close_wait, few_listen)) else None
         names = wait_for('CLOSE_WAIT and LISTEN triggers in problem state', fired, 150, step=3)
         log('triggers fired {0:.0f}s after crossing: {1}'.format(time.time() - start, names))
         # The other thresholds were not crossed.
@@ -392,6 +417,16 @@ def test_triggers_fire_when_crossed_on_purpose(lab, registered, held_sockets):
         for sock in accepted:
             sock.close()
         listener.close()
+    # Cleared: the CLOSE_WAIT sockets are gone (their listener too), and the minimum is the real listener count.
+    listen = ss_state_counts().get('LISTEN', 0)
+    _set_host_macros(api, GOOD_HOST, {'{$TCP.LISTEN.MIN}': str(listen)})
+    start = time.time()
+
+    def resolved():
+        names = list(_problems(api, GOOD_HOST))
+        return ['resolved'] if not any(n.startswith(w) for n in names for w in (close_wait, few_listen)) else None
+    wait_for('CLOSE_WAIT and LISTEN triggers to resolve (LISTEN minimum {0})'.format(listen), resolved, 150, step=3)
+    log('triggers resolved {0:.0f}s after clearing'.format(time.time() - start))
 
 
 def test_script_error_makes_master_unsupported_and_nodata_fires(lab, registered):
