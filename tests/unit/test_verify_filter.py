@@ -53,9 +53,12 @@ def test_window_follows_the_churn_and_the_verify_own_sockets():
     # ESTABLISHED: the query's own connection adds up to 2 on this host.
     assert problem('4', 'tcp.status[ESTABLISHED]') == ''
     assert problem('5', 'tcp.status[ESTABLISHED]') != ''
-    # TIME_WAIT: one per earlier zabbix_get call.
+    # TIME_WAIT: one per zabbix_get call, which also hide as many expired ones from the count after.
     assert problem('15', 'tcp.status[TIME_WAIT]') == ''
     assert problem('16', 'tcp.status[TIME_WAIT]') != ''
+    assert problem('5', 'tcp.status[TIME_WAIT]') == ''
+    assert problem('4', 'tcp.status[TIME_WAIT]') != ''
+    assert problem('0', 'tcp.status[TIME_WAIT]') != ''
     # Churn seen between the module's two counts widens the window both ways by that much.
     after = dict(QUIET, LISTEN=5)
     assert problem('1', 'tcp.status[LISTEN]', after=after) == ''

@@ -34,10 +34,17 @@ SEED_KEY = re.compile(r'^tcp\.status\[([A-Za-z_]+)\]$')
 
 
 def window(state, before, after, own, tolerance):
-    """The (lowest, highest) count of ``state`` that the agent may answer."""
+    """The (lowest, highest) count of ``state`` that the agent may answer.
+
+    The verify's own sockets raise the highest. Its TIME_WAITs also lower the lowest: they are still there at the
+    count after, where they can hide as many older TIME_WAITs that expired meanwhile, so the two counts can be
+    equal while the agent, in between, saw fewer.
+    """
     low, high = sorted((int(before[state]), int(after[state])))
     churn = high - low
-    return max(low - churn - tolerance, 0), high + churn + tolerance + int(own.get(state, 0))
+    own_here = int(own.get(state, 0))
+    lasting = own_here if state == 'TIME_WAIT' else 0
+    return max(low - churn - lasting - tolerance, 0), high + churn + own_here + tolerance
 
 
 def _count_problem(state, value, before, after, own, tolerance):
