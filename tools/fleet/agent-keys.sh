@@ -7,9 +7,11 @@
 #   loaded FILE            each file the agent loads
 #   key KEY FILE           each UserParameter key (the name before "[") and the file defining it
 #   duplicate KEY          a key defined twice: the agent refuses to start
+#   backup FILE            a loaded file whose name ends in "~" (an editor's or Ansible's backup): loaded like
+#                          any other, it is a duplicate key waiting for the next change
 #   pid PID                the running agent's PID (from its PidFile), or "pid none"
 #   test LINE              the item test's answer
-# Exit status: 0 when no key is defined twice and the item test answers a number; 3 otherwise.
+# Exit status: 0 when no key is defined twice, no backup is loaded and the item test answers a number; 3 otherwise.
 set -u
 if [ -e /etc/zabbix/zabbix_agent2.conf ]; then
     CONF=/etc/zabbix/zabbix_agent2.conf BIN=/usr/sbin/zabbix_agent2
@@ -58,6 +60,10 @@ dups=$(sed -n 's/^key \([^ ]*\) .*/\1/p' "$LIST.out" | sort | uniq -d)
 rm -f "$LIST.out"
 for key in $dups; do
     echo "duplicate $key"
+    rc=3
+done
+for f in $(grep '~$' "$LIST"); do
+    echo "backup $f"
     rc=3
 done
 pidfile=$(setting PidFile "$CONF" | tail -n 1)
