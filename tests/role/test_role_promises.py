@@ -75,18 +75,15 @@ def apt(*args):
 # Tags
 
 
-def test_tags_config_configures_everything_but_the_fact():
+def test_tags_config_then_facts():
+    # --tags config: everything but the local fact.
     prepare('agent')
     result = playbook('--tags', 'config')
     assert result.rc == 0, result.tail()
     assert os.path.exists(SCRIPT) and os.path.exists(AGENTD_DROPIN)
     assert not os.path.exists(FACT), '--tags config installed the local fact'
     answers_our_keys()
-
-
-def test_tags_facts_installs_only_the_fact_without_touching_the_agent():
-    # The host as the previous test left it (configured with --tags config, no fact).
-    assert os.path.exists(AGENTD_DROPIN) and not os.path.exists(FACT), 'run after the --tags config test'
+    # --tags facts on that host: only the fact, the agent's files untouched and the agent not restarted.
     before, pid = snapshot(), agent_pid()
     result = playbook('--tags', 'facts')
     assert result.rc == 0, result.tail()
