@@ -180,7 +180,10 @@ def test_custom_agent_config_is_the_file_read_edited_and_tested():
         assert os.path.exists(custom_dir + '/conf.d/userparameter_tcp_status.conf')
         assert not os.path.exists(AGENTD_DROPIN), 'written into the standard include directory'
         assert COMMENTED_RECIPE.search(read(custom)) and not LIVE_RECIPE.search(read(custom))
-        assert ('-c %s -t' % custom) in result.text or custom in result.text
+        # The file the role changed is the custom one, named so (through the link it would back up the link's name).
+        backups = sorted(os.listdir('/var/lib/zabbix_tcp_status/backup'))
+        assert [b for b in backups if b.startswith('agentd.conf.')], backups
+        assert not [b for b in backups if b.startswith('zabbix_agentd.conf')], backups
         answers_our_keys()
     finally:
         if os.path.islink(AGENTD_CONF):

@@ -138,6 +138,8 @@ def system_agent():
             yield
         finally:
             stop_agents()
+            for fake in glob.glob('/tmp/zts-fake-*.py'):
+                os.remove(fake)
 
 
 # The fake interpreter. The installed script starts with `#!FAKE -S`, so every call of the script (the agent's
