@@ -9,12 +9,11 @@ registers the hosts; the assertions read the API:
   the template is linked; a second role run changes nothing;
 - every state item gets values that match `ss` counted at the same time (tolerance for churn);
 - triggers fire when crossed on purpose: CLOSE_WAIT sockets held open against a lowered macro, and a LISTEN
-  minimum set above the host's listeners;
+  minimum set one above the host's real listener count (as ss counts it);
+- triggers resolve when the condition is cleared: the CLOSE_WAIT sockets closed, and the LISTEN minimum set to
+  the real listener count (a LISTEN value too high never fires, one too low never resolves);
 - an agent whose script answers an error line makes the master item unsupported with the script's message,
   and the "no data" trigger fires.
-
-- triggers resolve when the condition is cleared: the CLOSE_WAIT sockets closed, and the LISTEN minimum set to
-  the host's real listener count (which fired when set one above it, so a wrong LISTEN value fails either way).
 
 The agent under test is this machine's system agent on 10050, configured by `ansible-playbook playbook.yml`
 while holding /tmp/zts-system-agent.lock. When the role cannot run (the playbook fails --syntax-check, or the
@@ -24,7 +23,7 @@ ZTS_E2E_AGENT=private is an explicit opt-in for working on the lab itself, NOT a
 zabbix_agentd on 127.0.0.1:10060 with hand-written UserParameter lines (AllowRoot=1, Timeout=10) that run the
 counter from the repository. It prints a warning and is never the default.
 
-Needs root (apt, runuser postgres). About 3-4 minutes (plus the role's run on the system agent).
+Needs root (apt, runuser postgres). About 2-3 minutes (plus the role's run on the system agent).
 ZTS_E2E_KEEP=1 keeps the lab's logs.
 """
 
