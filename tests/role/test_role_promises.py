@@ -76,8 +76,14 @@ def apt(*args):
 
 
 def test_tags_config_then_facts():
-    # --tags config: everything but the local fact.
+    # --tags facts alone on a host the role never configured: no fact that would run a missing script.
     prepare('agent')
+    before = snapshot()
+    result = playbook('--tags', 'facts')
+    assert result.rc != 0 and '/etc/zabbix/tcp_status.py is not installed' in result.text, result.tail()
+    assert 'Nothing was changed' in result.text
+    assert_same(before, snapshot())
+    # --tags config: everything but the local fact.
     result = playbook('--tags', 'config')
     assert result.rc == 0, result.tail()
     assert os.path.exists(SCRIPT) and os.path.exists(AGENTD_DROPIN)
