@@ -45,8 +45,9 @@ molecule: venv
 	flock /tmp/zts-system-agent.lock $(BIN)/molecule test -s default
 	flock /tmp/zts-system-agent.lock $(BIN)/molecule test -s agent2
 
-# Seven real hosts (debootstrap images in namespaces, sshd, agents 5.0/6.0/agent2/7.0, a Python 2.7 host, a broken
-# one, a server host running zabbix_get): see docs/FLEET.md. Images are cached in /root/.cache/zts.
+# Eleven real hosts (debootstrap images in namespaces, sshd, agents 5.0/6.0/agent2/7.0, a Python 2.7 host, a broken
+# one, a server host running zabbix_get, and the EL 7 / directory-include / PSK / UnsafeUserParameters config
+# shapes): see docs/FLEET.md. Images are cached in /root/.cache/zts.
 fleet: venv
 	$(BIN)/molecule test -s fleet
 
