@@ -203,9 +203,6 @@ class AgentConfig(object):
     def settings(self):
         return dict((name, self.setting(name)) for name in DEFAULTS)
 
-    def loaded_paths(self):
-        return [entry['path'] for entry in self.files]
-
     def duplicate_keys(self):
         """{key: ['file:line', ...]} for every UserParameter key defined more than once."""
         seen = {}
@@ -226,18 +223,6 @@ class AgentConfig(object):
             if entry['kind'] == 'file' and entry['path'] == candidate:
                 return candidate
         return ''
-
-    def include_covering(self, path):
-        """The Include= entry that would load ``path`` (a file that may not exist yet), or None."""
-        directory, name = os.path.split(os.path.normpath(path))
-        for entry in self.includes:
-            if entry['directory'] != directory:
-                continue
-            if entry['kind'] == 'directory' or (
-                    entry['kind'] == 'pattern' and fnmatch.fnmatchcase(name, entry['pattern'])) or (
-                    entry['kind'] == 'file' and entry['path'] == path):
-                return entry
-        return None
 
 
 def plan(config, key_names, script, file_name):
