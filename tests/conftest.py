@@ -1,9 +1,24 @@
 # -*- coding: utf-8 -*-
-"""The counter's tests (pytest tests/unit tests/integration): the shared module under test is importable as
-tcp_status_counter, as the role's module_utils."""
+"""Fixtures shared by every test directory. Import paths are set once, in pytest.ini (``pythonpath``)."""
 
-import os
-import sys
+import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'roles', 'zabbix_tcp_status', 'module_utils'))
+from interpreters import interpreter_path
+
+
+@pytest.fixture
+def interpreter(request):
+    """Path of the interpreter named by indirect parametrization ('2.7', '3.6', '3.13', ... or 'agent' for
+    /usr/bin/python3, the interpreter the agent runs the script with); the test is skipped when it is missing.
+
+        @pytest.mark.parametrize('interpreter', ['2.7', '3.6', 'agent', '3.13'], indirect=True)
+    """
+    name = getattr(request, 'param', None)
+    if name is None:
+        raise pytest.UsageError("the interpreter fixture is parametrized indirectly: "
+                                "@pytest.mark.parametrize('interpreter', ['2.7', ...], indirect=True)")
+    path = interpreter_path(name)
+    if path is None:
+        pytest.skip('interpreter {0} is not installed here (pyenv versions, or /usr/bin/python3 for agent)'
+                    .format(name))
+    return path
