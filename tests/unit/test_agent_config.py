@@ -3,7 +3,7 @@
 
 Each test lays a host's /etc/zabbix out in a temporary root (from tests/fixtures/agent_configs, real package files,
 or text written here) and reads it as the agent would. Plain unittest, so that the same file runs under the
-targets' Python 2.7 and 3.6 (test_agent_config_old_pythons.py) as well as under pytest.
+targets' Python 2.7 and 3.6 (test_old_pythons.py) as well as under pytest.
 """
 from __future__ import absolute_import, division, print_function
 

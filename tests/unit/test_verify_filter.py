@@ -22,7 +22,8 @@ OWN = {'ESTABLISHED': 2, 'TIME_WAIT': 5}
 
 
 def problem(answer, key, before=QUIET, after=QUIET, own=OWN, tolerance=0):
-    return verify.answer_problem(answer, key, before, after, 'tcp.status.json', own, tolerance)
+    kind = 'states' if key == 'tcp.status.json' else 'count'
+    return verify.answer_problem(answer, key, kind, before, after, own, tolerance)
 
 
 def json_answer(**changes):
@@ -92,3 +93,16 @@ def test_messages_say_what_was_expected():
     assert problem('0', 'tcp.status[LISTEN]').startswith('exactly 3 for LISTEN (the module counted 3 before')
     assert 'missing: CLOSING' in problem(json_answer().replace(',"CLOSING":0', ''), 'tcp.status.json')
     assert 'ESTABLISHED is "oops"' in problem(json_answer(ESTABLISHED='"oops"'), 'tcp.status.json')
+
+
+def test_a_count_key_with_parameters_names_its_state_first():
+    assert problem('3', 'tcp.status[LISTEN,10050]') == ''
+    assert problem('0', 'tcp.status[LISTEN,10050]') != ''
+    assert verify.answer_problem('10', 'tcp.status.extra[TIME_WAIT]', 'count', QUIET, QUIET, OWN) == ''
+
+
+@pytest.mark.parametrize('key, kind', [('tcp.status[NOSTATE]', 'count'), ('tcp.status[]', 'count'),
+                                       ('tcp.status[LISTEN]', 'number')])
+def test_an_item_table_row_the_verify_cannot_judge_is_an_error_not_a_pass(key, kind):
+    with pytest.raises(ValueError):
+        verify.answer_problem('3', key, kind, QUIET, QUIET, OWN)
