@@ -10,7 +10,11 @@ Run it after changing the template:  python3 zabbix/build_templates.py
 Check that the committed files are current:  python3 zabbix/build_templates.py --check
 (tests/zabbix_server/test_template.py runs the check).
 
-Controller-side tool: Python 3, standard library only.
+The item keys come from the role's item table and the state names from the counter (zabbix/role_items.py), so
+the template cannot drift from what the role installs.
+
+Controller-side tool: Python 3 with PyYAML and Jinja2 (any Ansible controller has both; run it with the repo's
+venv: .venv/bin/python zabbix/build_templates.py).
 """
 
 import argparse
@@ -21,20 +25,23 @@ import uuid
 import xml.etree.ElementTree as ET
 from xml.dom import minidom
 
+import role_items
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 YAML_FILE = os.path.join(HERE, 'template_tcp_status.yaml')
 XML_FILE = os.path.join(HERE, 'template_tcp_status_3.4.xml')
 
 TEMPLATE = 'TCP connection states'
 GROUP = 'Templates'
-MASTER_KEY = 'tcp.status.json'
+# The master item: the item table's key that answers every state as one JSON object.
+MASTER_KEY = role_items.item('states')['key']
 # The key of each state's item is the recipe's agent key, so that items, triggers, graphs and dashboards
 # built on tcp.status[ESTABLISHED], tcp.status[TIME_WAIT] and tcp.status[LISTEN] keep working.  Here they
 # are dependent items: one agent call per interval feeds all eleven.
-STATE_KEY = 'tcp.status[{0}]'
+STATE_KEY = role_items.item('count')['key'] + '[{0}]'
 
-# The 11 states in the kernel's order (include/net/tcp_states.h), named as netstat and the counter name them.
-STATES = [
+# How each state looks in the template: its graph colour and its description.
+STATE_LOOKS = [
     ('ESTABLISHED', '1A7C11', 'an open connection; data flows both ways.'),
     ('SYN_SENT', 'F63100', 'we sent a SYN (connect() in progress) and wait for the SYN-ACK; many point at '
                            'unreachable peers or an outgoing scan.'),
@@ -51,6 +58,20 @@ STATES = [
     ('LISTEN', '00AA00', 'a server socket waiting for incoming connections.'),
     ('CLOSING', '888888', 'both sides closed at the same time; waiting for the ACK of our FIN.'),
 ]
+
+
+def _states():
+    """[(state, colour, description)] for the counter's states, in the counter's (the kernel's) order."""
+    looks = dict((state, (colour, text)) for state, colour, text in STATE_LOOKS)
+    missing = [state for state in role_items.states() if state not in looks]
+    if missing or len(looks) != len(role_items.states()):
+        raise SystemExit('build_templates.py: STATE_LOOKS does not match the counter\'s states (missing: {0})'.format(
+            ', '.join(missing) or 'none; extra states here'))
+    return [(state,) + looks[state] for state in role_items.states()]
+
+
+# The 11 states in the kernel's order (include/net/tcp_states.h), named as netstat and the counter name them.
+STATES = _states()
 
 MACROS = [
     ('{$TCP.STATUS.INTERVAL}', '1m', 'How often the agent counts all states (one call feeds every item).'),

@@ -315,7 +315,7 @@ def test_non_integer_caught_by_the_item_test_before_any_restart(recipe_host):
     pid_before = open('/run/zabbix/zabbix_agentd.pid').read().strip()
     result = playbook('-e', 'zabbix_tcp_status_python=' + fake_python('non_integer_everywhere'))
     assert result.rc != 0, result.tail()
-    assert "The agent's own test" in result.text and 'did not return an integer' in result.text, result.tail()
+    assert "The agent's own test" in result.text and 'expected one non-negative integer' in result.text, result.tail()
     assert '|oops]' in result.text, result.tail()  # the agent's test prints the value as [t|oops]
     assert 'Rolled back:' in result.text, result.tail()
     assert_old_agent_back(recipe_host)

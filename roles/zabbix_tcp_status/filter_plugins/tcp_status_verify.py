@@ -22,7 +22,7 @@ name: zabbix_tcp_status_answer_problem
 short_description: What is wrong with one zabbix_get answer of the tcp.status keys, or an empty string
 description:
   - Used by the role zabbix_tcp_status to verify the agent's answers against the module's own counts.
-positional: key, before, after, json_key, own, tolerance
+positional: key, answer, before, after, own, tolerance
 options:
   _input:
     description: The answer (zabbix_get's stdout).
@@ -30,7 +30,8 @@ options:
     required: true
 '''
 
-SEED_KEY = re.compile(r'^tcp\.status\[([A-Za-z_]+)\]$')
+# The state a count key asks for: its first parameter (tcp.status[LISTEN], tcp.status[LISTEN,22]).
+STATE_PARAMETER = re.compile(r'^[^\[]+\["?([A-Za-z_]+)"?(?:,.*)?\]$')
 
 
 def window(state, before, after, own, tolerance):
@@ -58,12 +59,17 @@ def _count_problem(state, value, before, after, own, tolerance):
         'raise zabbix_tcp_status_verify_tolerance on hosts whose connections churn faster')
 
 
-def answer_problem(answer, key, before, after, json_key, own=None, tolerance=0):
-    """'' when ``answer`` (the agent's answer to ``key``) is right, else what was expected instead."""
+def answer_problem(answer, key, kind, before, after, own=None, tolerance=0):
+    """'' when ``answer`` (the agent's answer to ``key``) is right, else what was expected instead.
+
+    ``kind`` is the item table's ``answer`` of the key (roles/zabbix_tcp_status/vars/main.yml): ``count`` (one
+    non-negative integer, the count of the state named by the key's first parameter) or ``states`` (a JSON object
+    with every state's count).
+    """
     answer = '' if answer is None else str(answer).strip()
     tolerance = int(tolerance)
     own = own or {}
-    if key == json_key:
+    if kind == 'states':
         try:
             counts = json.loads(answer)
         except ValueError:
@@ -83,10 +89,13 @@ def answer_problem(answer, key, before, after, json_key, own=None, tolerance=0):
             if problem:
                 return problem
         return ''
-    match = SEED_KEY.match(key)
+    if kind != 'count':
+        raise ValueError('unknown answer kind {0!r} for {1} in the item table: count or states'.format(kind, key))
+    match = STATE_PARAMETER.match(key)
     state = match.group(1).upper() if match else None
     if state not in before:
-        return 'a key the verify knows (tcp.status[STATE] or {0}), not {1}'.format(json_key, key)
+        raise ValueError('the item table asks {0}, whose first parameter is not one of the states {1}'.format(
+            key, ', '.join(before)))
     if not re.match(r'^(0|[1-9][0-9]*)$', answer):
         return 'one non-negative integer'
     return _count_problem(state, int(answer), before, after, own, tolerance)
