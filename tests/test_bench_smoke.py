@@ -10,17 +10,14 @@ import os
 import subprocess
 import sys
 
+from bench.loadgen import hold_sockets, read_port_range
+from ss_oracle import ss_state_counts
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, 'bench')
 SMOKE_AGENT_PORT = '10071'  # the run has its own network namespace; a distinct port keeps logs apart
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
-sys.path.insert(0, BENCH)
-
-from loadgen import hold_sockets, read_port_range  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ss_oracle import ss_state_counts  # noqa: E402
 
 
 def _alive(pid):

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tcp_live import AC216_VENV, SocketFarm  # noqa: E402  (found through the line above)
+from tcp_live import AC216_VENV, SocketFarm
 
 
 @pytest.fixture

@@ -16,19 +16,10 @@ COUNTER = os.path.join(MODULE_UTILS, 'tcp_status_counter.py')
 LIBRARY = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'library')
 VENV_BIN = os.path.dirname(sys.executable)
 
-# The script must run under CentOS 7's python 2.7 and python3 (3.6) and a current python 3.
-PYTHONS = {
-    '2.7': '/root/.pyenv/versions/2.7.18/bin/python',
-    '3.6': '/root/.pyenv/versions/3.6.15/bin/python',
-    '3.11': sys.executable,
-}
-
 # ansible-core 2.16: the last release that manages Python 2.7 and 3.6 targets. Cached outside the repo.
 AC216_VENV = os.environ.get('ZTS_AC216_VENV', '/root/.cache/zts/venv-ac216')
 
-sys.path.insert(0, MODULE_UTILS)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ss_oracle import ss_sockets  # noqa: E402  (tests/, found through the line above)
+from ss_oracle import ss_sockets
 
 STATES = ('ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE',
           'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING')

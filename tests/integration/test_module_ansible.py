@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from tcp_live import LIBRARY, PYTHONS, REPO, STATES, VENV_BIN, agree_despite_churn, ansible_env, refuse_sock_diag, \
+from interpreters import find_interpreters
+from tcp_live import LIBRARY, REPO, STATES, VENV_BIN, agree_despite_churn, ansible_env, refuse_sock_diag, \
     run_adhoc, run_adhoc_hosts, run_playbook, settle, ss_counts, within, zero_counts
 
 PLAYBOOK = os.path.join('tests', 'integration', 'module_playbook.yml')
@@ -155,9 +156,13 @@ OLD_TARGETS = {'py27': '2.7', 'py36': '3.6'}
 
 @pytest.fixture
 def old_targets(tmp_path):
-    """An inventory of two local hosts, one for each old interpreter."""
+    """An inventory of two local hosts, one for each old interpreter (skipped unless both are installed)."""
+    found = find_interpreters(OLD_TARGETS.values())
+    missing = sorted(set(OLD_TARGETS.values()) - set(found))
+    if missing:
+        pytest.skip('Python {0} not installed here'.format(', '.join(missing)))
     inventory = tmp_path / 'old-targets.yml'
-    hosts = dict((name, {'ansible_connection': 'local', 'ansible_python_interpreter': PYTHONS[version]})
+    hosts = dict((name, {'ansible_connection': 'local', 'ansible_python_interpreter': found[version]})
                  for name, version in OLD_TARGETS.items())
     inventory.write_text(json.dumps({'old_targets': {'hosts': hosts}}))
     return ['-i', str(inventory)]

@@ -1,17 +1,18 @@
 # -*- coding: utf-8 -*-
 """The agent's script contract, run as the agent runs it (a new process, no shell), under Python 2.7
-(CentOS 7's python), 3.6 (CentOS 7's python3) and the venv's 3.11:
+(CentOS 7's python), 3.6 (CentOS 7's python3), this machine's /usr/bin/python3 (the agent's) and 3.13:
 
     tcp_status.py STATE|all [LOCAL_PORTS [REMOTE_PORTS [FAMILY]]]
 """
 
 import json
+import os
 import re
 import subprocess
 
 import pytest
 
-from tcp_live import COUNTER, MODULE_UTILS, PYTHONS, STATES, agree_despite_churn, refuse_sock_diag, settle, ss_counts, \
+from tcp_live import COUNTER, MODULE_UTILS, STATES, agree_despite_churn, refuse_sock_diag, settle, ss_counts, \
     within, zero_counts
 
 SS_SPELLINGS = ('estab', 'syn-sent', 'syn-recv', 'fin-wait-1', 'fin-wait-2', 'time-wait', 'closed',
@@ -20,11 +21,11 @@ SEED_KEYS = ('ESTABLISHED', 'TIME_WAIT', 'LISTEN')
 # The seed recipe's command, verbatim (with ASCII quotes), as the oracle of what the old items meant.
 RECIPE = "netstat -an | awk '/^tcp/ {++S[$NF]} END {for(a in S) print a, S[a]}' | grep -w %s | cut -d' ' -f2"
 
-pytestmark = pytest.mark.parametrize('python', sorted(PYTHONS), ids=lambda version: 'py' + version)
+pytestmark = pytest.mark.parametrize('interpreter', ['2.7', '3.6', 'agent', '3.13'], indirect=True)
 
 
-def script(python, *args):
-    return subprocess.run([PYTHONS[python], COUNTER] + list(args), capture_output=True, text=True, timeout=30)
+def script(interpreter, *args):
+    return subprocess.run([interpreter, COUNTER] + list(args), capture_output=True, text=True, timeout=30)
 
 
 def recipe(state, netns=False):
@@ -64,20 +65,20 @@ def alternate(text, upper_first):
                    for index, char in enumerate(text))
 
 
-def test_every_state_every_spelling_prints_one_integer(python, scene):
+def test_every_state_every_spelling_prints_one_integer(interpreter, scene):
     """Each netstat and ss name once, in mixed case (the unit tests check every case form in-process)."""
     spellings = [alternate(state, True) for state in STATES] + [alternate(name, False) for name in SS_SPELLINGS]
     assert 'EsTaBlIsHeD' in spellings and 'tImE-WaIt' in spellings
     for spelling in spellings:
-        integer(script(python, spelling), spelling)
+        integer(script(interpreter, spelling), spelling)
 
 
-def test_seed_keys_mean_what_the_netstat_recipe_meant(python, scene):
+def test_seed_keys_mean_what_the_netstat_recipe_meant(interpreter, scene):
     def compare():
         off = []
         for state in SEED_KEYS:
             before = recipe(state)
-            got = integer(script(python, state), state)
+            got = integer(script(interpreter, state), state)
             after = recipe(state)
             assert before.strip() and after.strip(), 'netstat sees no {0} although the test holds some'.format(state)
             if not within(got, int(before), int(after)):
@@ -86,22 +87,22 @@ def test_seed_keys_mean_what_the_netstat_recipe_meant(python, scene):
     agree_despite_churn(compare)
 
 
-def test_seed_keys_print_0_where_netstat_prints_nothing(python):
+def test_seed_keys_print_0_where_netstat_prints_nothing(interpreter):
     """In an empty network namespace the recipe printed an empty line; the script prints 0."""
     for state in SEED_KEYS:
         assert recipe(state, netns=True) == ''
-        proc = subprocess.run(['unshare', '-n', PYTHONS[python], COUNTER, state], capture_output=True, text=True,
+        proc = subprocess.run(['unshare', '-n', interpreter, COUNTER, state], capture_output=True, text=True,
                               timeout=30)
         assert integer(proc, state) == 0
-    proc = subprocess.run(['unshare', '-n', PYTHONS[python], COUNTER, 'all'], capture_output=True, text=True,
+    proc = subprocess.run(['unshare', '-n', interpreter, COUNTER, 'all'], capture_output=True, text=True,
                           timeout=30)
     assert proc.returncode == 0 and json.loads(proc.stdout) == zero_counts()
 
 
-def test_all_prints_json_of_every_state(python, scene):
+def test_all_prints_json_of_every_state(interpreter, scene):
     def compare():
         before = ss_counts()
-        proc = script(python, 'all')
+        proc = script(interpreter, 'all')
         after = ss_counts()
         assert proc.returncode == 0 and proc.stderr == ''
         assert proc.stdout.endswith('\n') and proc.stdout.count('\n') == 1
@@ -112,10 +113,10 @@ def test_all_prints_json_of_every_state(python, scene):
                 for state in STATES if not within(data[state], before[state], after[state])]
     agree_despite_churn(compare)
     for spelling in ('ALL', 'All', 'all'):
-        assert sorted(json.loads(script(python, spelling).stdout)) == sorted(STATES)
+        assert sorted(json.loads(script(interpreter, spelling).stdout)) == sorted(STATES)
 
 
-def test_port_and_family_arguments(python, scene):
+def test_port_and_family_arguments(interpreter, scene):
     v4, v6 = str(scene['v4']), str(scene['v6'])
     cases = [
         (('ESTABLISHED', v4), 3),
@@ -133,23 +134,23 @@ def test_port_and_family_arguments(python, scene):
         (('ESTABLISHED', v4, v4), 0),
     ]
     for args, want in cases:
-        assert integer(script(python, *args), args) == want, args
-    data = json.loads(script(python, 'all', v4).stdout)
+        assert integer(script(interpreter, *args), args) == want, args
+    data = json.loads(script(interpreter, 'all', v4).stdout)
     want = zero_counts()
     want.update(LISTEN=1, ESTABLISHED=3, CLOSE_WAIT=1)
     assert data == want
-    data = json.loads(script(python, 'all', '', v4, 'ipv4').stdout)
+    data = json.loads(script(interpreter, 'all', '', v4, 'ipv4').stdout)
     want = zero_counts()
     want.update(ESTABLISHED=3, TIME_WAIT=2, FIN_WAIT2=1)
     assert data == want
 
 
-def test_trailing_empty_arguments_are_ignored(python, scene):
+def test_trailing_empty_arguments_are_ignored(interpreter, scene):
     """The UserParameter passes "$1" "$2" "$3" "$4" whatever the key holds."""
     v4 = str(scene['v4'])
-    assert integer(script(python, 'LISTEN', v4, '', ''), 'LISTEN') == 1
-    assert integer(script(python, 'ESTABLISHED', v4, '', '', ''), 'ESTABLISHED') == 3  # all of $1-$4 empty but 1
-    data = json.loads(script(python, 'all', v4, '', '').stdout)
+    assert integer(script(interpreter, 'LISTEN', v4, '', ''), 'LISTEN') == 1
+    assert integer(script(interpreter, 'ESTABLISHED', v4, '', '', ''), 'ESTABLISHED') == 3  # all of $1-$4 empty but 1
+    data = json.loads(script(interpreter, 'all', v4, '', '').stdout)
     assert data['LISTEN'] == 1 and data['ESTABLISHED'] == 3
 
 
@@ -179,8 +180,8 @@ BAD = [
 
 
 @pytest.mark.parametrize('args,names', BAD, ids=[repr(args) for args, _names in BAD])
-def test_bad_input_fails_with_one_clear_line(python, args, names):
-    proc = script(python, *args)
+def test_bad_input_fails_with_one_clear_line(interpreter, args, names):
+    proc = script(interpreter, *args)
     assert proc.returncode == 2, 'rc={0} for {1}'.format(proc.returncode, args)
     assert proc.stdout == '', 'stdout {0!r} for {1}'.format(proc.stdout, args)
     lines = proc.stderr.splitlines()
@@ -209,25 +210,27 @@ def script_with_deadline(tmp_path, seconds):
     return str(path)
 
 
-def test_deadline_covers_the_whole_dump(python, tmp_path):
+def test_deadline_covers_the_whole_dump(interpreter, tmp_path):
     """A deadline shorter than one dump fails with one line, although the kernel answers each recv at once.
 
     The kernel queues each part of a dump before recv asks for it: a timeout per recv (the old design) never
     fires here, however short; a deadline over the whole dump does.
     """
-    proc = subprocess.run([PYTHONS[python], script_with_deadline(tmp_path, 1e-6), 'all'], capture_output=True,
+    proc = subprocess.run([interpreter, script_with_deadline(tmp_path, 1e-6), 'all'], capture_output=True,
                           text=True, timeout=30)
     assert (proc.returncode, proc.stdout) == (1, ''), (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stderr.count('\n') == 1 and proc.stderr.endswith('\n'), proc.stderr
     assert proc.stderr.startswith('tcp_status: netlink dump gave no answer within 1e-06 s '), proc.stderr
 
 
+# The drivers below import the counter as the module does (from module_utils).
+WITH_COUNTER = dict(os.environ, PYTHONPATH=MODULE_UTILS)
+
 # A driver that runs the counter's own netlink backend against a real NETLINK_SOCK_DIAG socket whose request
 # the kernel ignores: netlink_rcv_skb() drops a message without NLM_F_REQUEST and answers nothing, as a hung
 # dump would. Only the request's flags are changed; the socket, the kernel and the deadline are real.
 HUNG_DUMP = r'''
-import struct, sys, time
-sys.path.insert(0, {module_utils!r})
+import struct, time
 import tcp_status_counter as tsc
 real = tsc.diag_request
 def unanswered(family, mask, seq=1):
@@ -241,13 +244,13 @@ for backend in ('netlink', 'auto'):
         tsc.count_states(backend=backend)
         print('COUNTED ' + backend)
     except tsc.TcpStatusError as exc:
-        print('{{0}} {{1:.3f}} {{2}} {{3}}'.format(backend, time.time() - start, type(exc).__name__, exc))
+        print('{0} {1:.3f} {2} {3}'.format(backend, time.time() - start, type(exc).__name__, exc))
 '''
 
 
-def test_hung_dump_fails_before_the_agent_timeout(python):
-    proc = subprocess.run([PYTHONS[python], '-c', HUNG_DUMP.format(module_utils=MODULE_UTILS)],
-                          capture_output=True, text=True, timeout=60)
+def test_hung_dump_fails_before_the_agent_timeout(interpreter):
+    proc = subprocess.run([interpreter, '-c', HUNG_DUMP], env=WITH_COUNTER, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0 and proc.stderr == '', proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2, proc.stdout
@@ -267,14 +270,14 @@ def test_hung_dump_fails_before_the_agent_timeout(python):
 REFUSED = 'netlink: cannot open a NETLINK_SOCK_DIAG socket: [Errno 13] Permission denied'
 
 
-def test_refused_netlink_keeps_the_output_contract(python, scene):
+def test_refused_netlink_keeps_the_output_contract(interpreter, scene):
     """The script falls back to /proc and says nothing: the agent reads stdout and stderr as one value."""
     v4 = str(scene['v4'])
     for args, want in ((('ESTABLISHED', v4), '3\n'), (('LISTEN', v4), '1\n'), (('close-wait', v4), '1\n')):
-        proc = subprocess.run([PYTHONS[python], COUNTER] + list(args), capture_output=True, text=True, timeout=30,
+        proc = subprocess.run([interpreter, COUNTER] + list(args), capture_output=True, text=True, timeout=30,
                               preexec_fn=refuse_sock_diag)
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, want, ''), (args, proc)
-    proc = subprocess.run([PYTHONS[python], COUNTER, 'all', v4], capture_output=True, text=True, timeout=30,
+    proc = subprocess.run([interpreter, COUNTER, 'all', v4], capture_output=True, text=True, timeout=30,
                           preexec_fn=refuse_sock_diag)
     want = zero_counts()
     want.update(LISTEN=1, ESTABLISHED=3, CLOSE_WAIT=1)
@@ -282,8 +285,6 @@ def test_refused_netlink_keeps_the_output_contract(python, scene):
 
 
 BACKEND_AND_FALLBACKS = r'''
-import sys
-sys.path.insert(0, {module_utils!r})
 import tcp_status_counter as tsc
 result = tsc.count_states(states=['LISTEN'])
 print(result['backend'])
@@ -292,10 +293,10 @@ for reason in result['fallbacks']:
 '''
 
 
-def test_count_states_says_why_it_fell_back(python):
+def test_count_states_says_why_it_fell_back(interpreter):
     def run(**kwargs):
-        proc = subprocess.run([PYTHONS[python], '-c', BACKEND_AND_FALLBACKS.format(module_utils=MODULE_UTILS)],
-                              capture_output=True, text=True, timeout=30, **kwargs)
+        proc = subprocess.run([interpreter, '-c', BACKEND_AND_FALLBACKS], env=WITH_COUNTER, capture_output=True,
+                              text=True, timeout=30, **kwargs)
         assert proc.returncode == 0 and proc.stderr == '', proc.stderr
         return proc.stdout.splitlines()
     assert run() == ['netlink']
@@ -320,8 +321,8 @@ HUGE_CASES = [
 
 @pytest.mark.parametrize('args,length', HUGE_CASES, ids=['state', 'local', 'local-item', 'remote', 'family', 'extra',
                                                          'newlines'])
-def test_huge_argument_is_capped_in_the_error_line(python, args, length):
-    proc = script(python, *args)
+def test_huge_argument_is_capped_in_the_error_line(interpreter, args, length):
+    proc = script(interpreter, *args)
     assert (proc.returncode, proc.stdout) == (2, ''), (proc.returncode, proc.stdout[:200], proc.stderr[:200])
     assert proc.stderr.count('\n') == 1 and proc.stderr.endswith('\n'), proc.stderr[:300]
     assert len(proc.stderr) < 600, 'error line of {0} characters: {1}...'.format(len(proc.stderr), proc.stderr[:300])

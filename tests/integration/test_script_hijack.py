@@ -17,12 +17,6 @@ import pytest
 
 from tcp_live import COUNTER
 
-INTERPRETERS = {
-    '2.7': '/root/.pyenv/versions/2.7.18/bin/python',
-    '3.6': '/root/.pyenv/versions/3.6.15/bin/python',
-    'system': '/usr/bin/python3',
-    '3.13': '/root/.pyenv/versions/3.13.0/bin/python',
-}
 # Everything the counter imports, and __future__ (a "from __future__ import" is an import like any other).
 PLANTED = ('__future__', 'socket', 'struct', 'errno', 'os', 'time', 'psutil')
 
@@ -42,21 +36,21 @@ def planted(tmp_path):
     return str(script), markers
 
 
-@pytest.mark.parametrize('python', sorted(INTERPRETERS), ids=lambda name: 'py' + name)
+@pytest.mark.parametrize('interpreter', ['2.7', '3.6', 'agent', '3.13'], indirect=True)
 @pytest.mark.parametrize('args', [['LISTEN'], ['all', '', '', 'ipv4']], ids=['LISTEN', 'all'])
-def test_modules_beside_the_script_are_not_imported(planted, python, args):
+def test_modules_beside_the_script_are_not_imported(planted, interpreter, args):
     script, markers = planted
-    proc = subprocess.run([INTERPRETERS[python], '-S', script] + args, capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([interpreter, '-S', script] + args, capture_output=True, text=True, timeout=60,
                           cwd=os.path.dirname(script))
     imported = sorted(os.listdir(str(markers)))
-    assert imported == [], 'python {0} imported {1} from the script directory'.format(python, imported)
+    assert imported == [], '{0} imported {1} from the script directory'.format(interpreter, imported)
     assert proc.returncode == 0 and proc.stderr == '', (proc.returncode, proc.stderr)
     assert re.match(r'^(0|[1-9][0-9]*|\{.*\})\n$', proc.stdout), proc.stdout
 
 
 @pytest.mark.parametrize('flag', ['-I', '-P'])
-@pytest.mark.parametrize('python', ['system', '3.13'], ids=lambda name: 'py' + name)
-def test_import_path_left_alone_when_python_already_dropped_the_script_directory(python, flag):
+@pytest.mark.parametrize('interpreter', ['agent', '3.13'], indirect=True)
+def test_import_path_left_alone_when_python_already_dropped_the_script_directory(interpreter, flag):
     """Under -I or -P (Python 3.11+) sys.path[0] is a standard library path: the counter must not remove it."""
     driver = ('import runpy, sys\n'
               'before = list(sys.path)\n'
@@ -66,7 +60,7 @@ def test_import_path_left_alone_when_python_already_dropped_the_script_directory
               'except SystemExit as exc:\n'
               '    assert exc.code == 0, exc.code\n'
               'print("PATH " + repr(sys.path == before))\n').format(COUNTER)
-    proc = subprocess.run([INTERPRETERS[python], flag, '-S', '-c', driver], capture_output=True, text=True,
+    proc = subprocess.run([interpreter, flag, '-S', '-c', driver], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == 'PATH True', proc.stdout
