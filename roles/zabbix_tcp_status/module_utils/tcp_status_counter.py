@@ -8,14 +8,24 @@ script the Zabbix agent runs (this same file, installed as ``tcp_status.py``).
 
 Backends, tried in this order by ``backend='auto'``:
 
-* ``netlink``: NETLINK_SOCK_DIAG dump (``inet_diag_req_v2``); the kernel filters
-  by the state bitmask, so one state costs only the sockets in that state;
+* ``counters``: the whole host's count (no port filter) when ESTABLISHED is asked
+  for: a NETLINK_SOCK_DIAG dump of every state *except* ESTABLISHED (the minority),
+  and ESTABLISHED derived from the kernel's counters (``/proc/net/sockstat`` and
+  ``sockstat6`` ``inuse``), cross-checked against ``/proc/net/snmp`` ``CurrEstab``
+  within the sockets that changed state during the call. When the check fails,
+  or the kernel is older than 4.4, ``auto`` goes on to the full dump below;
+* ``netlink``: the full NETLINK_SOCK_DIAG dump (``inet_diag_req_v2``); the kernel
+  filters by the state bitmask and by the port filter, passed as an
+  ``INET_DIAG_REQ_BYTECODE`` program as ``ss`` does, so it builds messages only
+  for the sockets asked for;
 * ``proc``: parsing ``/proc/net/tcp`` and ``/proc/net/tcp6``;
 * ``psutil``: only where neither exists (not Linux) and psutil is installed.
 
 Standard library only; runs unchanged on Python 2.7, 3.6 and 3.8+.
-Nothing here imports json, re or argparse: the agent starts this file every
-interval on every host, and every import is start-up time.
+The agent starts this file every interval on every host, and every import is
+start-up time: it imports the C modules ``_socket`` and ``_struct`` (Python 3's
+``socket`` module alone pulls in enum and selectors), and nothing else that a
+call does not need (no json, re, argparse or os on the counting path).
 
 Script contract (what a Zabbix UserParameter calls)::
 
@@ -27,6 +37,10 @@ STATE is a netstat or ss state name in any case (``TIME_WAIT``, ``time-wait``,
 (``443``, ``80,443``, ``1024-65535``); empty means any. FAMILY is ``ipv4``,
 ``ipv6`` or ``all`` (the default). A bad argument prints one line on stderr,
 nothing on stdout, and exits 2; a failure to read sockets exits 1.
+
+One option may come first: ``--backend=NAME`` (``auto``, ``counters``,
+``netlink``, ``proc``, ``psutil``); ``--backend=netlink`` forces the full dump,
+e.g. ``tcp_status.py --backend=netlink all``.
 """
 
 # The first statements keep the script's own directory out of the import path (issue 9, item 4). Run as
@@ -44,10 +58,11 @@ if __name__ == '__main__' and not (getattr(sys.flags, 'isolated', 0) or getattr(
 
 __metaclass__ = type
 
-import errno  # noqa: E402  (after the import path is made safe, above)
-import os  # noqa: E402
-import socket  # noqa: E402
-import struct  # noqa: E402
+# The C modules under socket and struct (on 2.7 too): `import socket` costs Python 3 ~9 ms of start-up (enum,
+# selectors); these two ~0.2 ms. errno and time are built into the interpreter; os is imported only on error paths.
+import _socket  # noqa: E402  (after the import path is made safe, above)
+import _struct  # noqa: E402
+import errno  # noqa: E402
 import time  # noqa: E402
 
 # Kernel TCP state codes (include/net/tcp_states.h) and their netstat names.
@@ -83,7 +98,7 @@ STATE_ALIASES = {
 }
 
 FAMILIES = ('all', 'ipv4', 'ipv6')
-BACKENDS = ('auto', 'netlink', 'proc', 'psutil')
+BACKENDS = ('auto', 'counters', 'netlink', 'proc', 'psutil')
 
 # Netlink constants (linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h).
 NETLINK_SOCK_DIAG = 4
@@ -98,6 +113,21 @@ DIAG_STATE_OFFSET = NLMSG_HDRLEN + 1
 DIAG_SPORT_OFFSET = NLMSG_HDRLEN + 4
 DIAG_DPORT_OFFSET = NLMSG_HDRLEN + 6
 DIAG_MSG_MINLEN = NLMSG_HDRLEN + 72
+# Attributes after inet_diag_msg: INET_DIAG_MARK is the only one the kernel puts on the message of a half-open
+# request socket or of a TIME_WAIT-kind socket (and only for CAP_NET_ADMIN); full sockets always carry more
+# (INET_DIAG_SHUTDOWN at least, since 3.7).
+INET_DIAG_MARK = 15
+INET_DIAG_REQ_BYTECODE = 1
+# Bytecode operations (linux/inet_diag.h): each is (code, yes, no): on a match the program goes on `yes` bytes
+# further, otherwise `no` bytes; landing exactly on the end accepts the socket, 4 bytes past it rejects it.
+INET_DIAG_BC_JMP = 1
+INET_DIAG_BC_S_GE = 2
+INET_DIAG_BC_S_LE = 3
+INET_DIAG_BC_D_GE = 4
+INET_DIAG_BC_D_LE = 5
+# A netlink attribute's length is 16 bits: a longer port filter (thousands of separate ranges) is left to the
+# Python side (the messages are checked against the port tables anyway).
+BYTECODE_MAX = 60000
 # Large enough for any one dump part (the kernel caps parts at 32 KiB); a
 # reply larger than this is detected through MSG_TRUNC, never counted short.
 RECV_BUFSIZE = 256 * 1024
@@ -107,14 +137,26 @@ RECV_BUFSIZE = 256 * 1024
 # keep it one line of that form, a float literal.
 NETLINK_TIMEOUT = 2.5
 
-_NLMSGHDR = struct.Struct('=IH')
-_NLMSG_ERRNO = struct.Struct('=i')
+_NLMSGHDR = _struct.Struct('=IH')
+_NLMSG_ERRNO = _struct.Struct('=i')
+_NLATTR = _struct.Struct('=HH')
+_DIAG_INODE = _struct.Struct('=I')
 # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid).
-_DIAG_REQUEST = struct.Struct('=IHHII' + 'BBBBI' + '48x')
+_DIAG_REQUEST = _struct.Struct('=IHHII' + 'BBBBI' + '48x')
+_BC_OP = _struct.Struct('=BBH')
 
 PROC_FILES = (('ipv4', '/proc/net/tcp'), ('ipv6', '/proc/net/tcp6'))
+# The kernel counters behind the counters backend (per network namespace, as the dumps are).
+COUNTER_FILES = {'sockstat': '/proc/net/sockstat', 'sockstat6': '/proc/net/sockstat6', 'snmp': '/proc/net/snmp'}
+# Full sockets in these states are in sockstat's inuse (hashed); TIME_WAIT, CLOSE and request sockets are not.
+# SYN_RECV and FIN_WAIT2 messages may also be request / TIME_WAIT-kind sockets: those are told apart by their
+# attributes (see INET_DIAG_MARK above), behind the cross-check.
+INUSE_CODES = (2, 3, 4, 5, 8, 9, 10, 11)
+# The kernel that first kept request sockets in the established hash (TCP_NEW_SYN_RECV): before it, a dump
+# cannot tell the kinds apart the same way (CentOS 7's 3.10), so the counters backend does not answer there.
+COUNTERS_MIN_KERNEL = (4, 4)
 
-USAGE = 'usage: tcp_status.py STATE|all [LOCAL_PORTS [REMOTE_PORTS [FAMILY]]]'
+USAGE = 'usage: tcp_status.py [--backend=NAME] STATE|all [LOCAL_PORTS [REMOTE_PORTS [FAMILY]]]'
 
 
 SHOWN_CHARS = 64
@@ -171,8 +213,8 @@ def normalize_states(names):
     return tuple(state for state in STATES if state in wanted)
 
 
-def parse_ports(spec):
-    """Turn a port spec into a 65536-byte lookup table, or None for "any port".
+def port_ranges(spec):
+    """Turn a port spec into sorted, merged ``[(low, high), ...]`` ranges, or None for "any port".
 
     ``spec`` is a comma-separated string (``"80,443,8000-8100"``), an int, a list
     of those, or empty/None.
@@ -180,7 +222,7 @@ def parse_ports(spec):
     if spec is None or spec == '' or spec == []:
         return None
     items = spec if isinstance(spec, (list, tuple)) else [spec]
-    table = bytearray(65536)
+    ranges = []
     for item in items:
         for part in str(item).split(','):
             part = part.strip()
@@ -198,8 +240,88 @@ def parse_ports(spec):
                 raise ArgumentError(
                     'port {0} in {1} is out of range; ports are 0-65535 and a range '
                     'goes low-high'.format(_shown(part), _shown(spec)))
-            table[first:last + 1] = b'\x01' * (last - first + 1)
+            ranges.append((first, last))
+    ranges.sort()
+    merged = [ranges[0]]
+    for first, last in ranges[1:]:
+        if first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def port_table(ranges):
+    """A 65536-byte lookup table of ``ranges`` (from port_ranges), or None for None."""
+    if ranges is None:
+        return None
+    table = bytearray(65536)
+    for first, last in ranges:
+        table[first:last + 1] = b'\x01' * (last - first + 1)
     return table
+
+
+def parse_ports(spec):
+    """Turn a port spec into a 65536-byte lookup table, or None for "any port" (see port_ranges)."""
+    return port_table(port_ranges(spec))
+
+
+# ---- INET_DIAG_REQ_BYTECODE: the port filter, run by the kernel (compiled as ss's ssfilter_bytecompile does).
+# A program is a list of (code, yes, no) operations, 4 bytes each; a port comparison is two of them (the second
+# holds the port in its `no` field). A jump 4 bytes past the program's end rejects the socket.
+
+def _bc_compare(code, port):
+    return [(code, 8, 12), (0, 0, port)]
+
+
+def _bc_and(first, second):
+    """Both must match: first's rejections are moved past second's end."""
+    patched = list(first)
+    length = 4 * len(first)
+    index = 0
+    while index < len(patched):
+        code, yes, no = patched[index]
+        if no == length - 4 * index + 4:
+            patched[index] = (code, yes, no + 4 * len(second))
+        index += yes // 4
+    return patched + list(second)
+
+
+def _bc_or(first, second):
+    """Either matches: a rejection in first lands on second; a match in first jumps over second."""
+    return list(first) + [(INET_DIAG_BC_JMP, 4, 4 * len(second) + 4)] + list(second)
+
+
+def _bc_ports(ranges, ge_code, le_code):
+    """The program accepting a port (source or destination) in one of ``ranges``; None when any port matches."""
+    if ranges is None or ranges == [(0, 65535)]:
+        return None
+    program = None
+    for first, last in reversed(ranges):
+        if first == 0:
+            one = _bc_compare(le_code, last)
+        elif last == 65535:
+            one = _bc_compare(ge_code, first)
+        else:
+            one = _bc_and(_bc_compare(ge_code, first), _bc_compare(le_code, last))
+        program = one if program is None else _bc_or(one, program)
+    return program
+
+
+def port_bytecode(local_ranges=None, remote_ranges=None):
+    """The INET_DIAG_REQ_BYTECODE bytes for a local and a remote port filter (ranges from port_ranges).
+
+    Empty when there is no filter, or when the program would not fit in a netlink attribute (then only the
+    Python side filters). General enough for lists and ranges on both sides, e.g. for a per-port discovery.
+    """
+    local = _bc_ports(local_ranges, INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE)
+    remote = _bc_ports(remote_ranges, INET_DIAG_BC_D_GE, INET_DIAG_BC_D_LE)
+    if local is None and remote is None:
+        return b''
+    program = remote if local is None else local if remote is None else _bc_and(local, remote)
+    if 4 * len(program) > BYTECODE_MAX:
+        return b''
+    return b''.join(_BC_OP.pack(code, yes, no) for code, yes, no in program)
 
 
 def _family_names(family):
@@ -262,6 +384,32 @@ def count_netlink_messages(buf, length, tally, local_table=None, remote_table=No
     return False
 
 
+def count_full_sockets(buf, length, full, codes):
+    """Count into ``full`` (by state code) the messages in ``buf[:length]`` whose state is in ``codes`` and that
+    are full sockets (a socket inode, or an attribute other than INET_DIAG_MARK), not request or TIME_WAIT-kind
+    ones. Run only on the reply parts that hold such states (count_netlink_messages has checked the framing)."""
+    unpack = _NLMSGHDR.unpack_from
+    offset = 0
+    while offset < length:
+        msg_len, msg_type = unpack(buf, offset)
+        if msg_type == SOCK_DIAG_BY_FAMILY and buf[offset + DIAG_STATE_OFFSET] in codes:
+            is_full = _DIAG_INODE.unpack_from(buf, offset + NLMSG_HDRLEN + 68)[0] != 0
+            attr = offset + DIAG_MSG_MINLEN
+            end = offset + msg_len
+            while not is_full and attr + 4 <= end:
+                attr_len, attr_type = _NLATTR.unpack_from(buf, attr)
+                if attr_len < 4:
+                    break
+                is_full = (attr_type & 0x3fff) != INET_DIAG_MARK
+                attr += (attr_len + 3) & ~3
+            if is_full:
+                full[buf[offset + DIAG_STATE_OFFSET]] += 1
+        elif msg_type != SOCK_DIAG_BY_FAMILY:
+            break
+        offset += (msg_len + 3) & ~3
+    return full
+
+
 class NetlinkRefused(BackendUnavailable):
     """The kernel answered the dump request with NLMSG_ERROR (e.g. ENOENT: no tcp_diag)."""
 
@@ -272,14 +420,19 @@ class NetlinkRefused(BackendUnavailable):
 
 
 def _errno_text(code):
+    import os  # only on this error path
     return '{0} ({1})'.format(errno.errorcode.get(code, 'errno {0}'.format(code)), os.strerror(code))
 
 
-def diag_request(family_name, state_mask, seq=1):
-    """The bytes of one SOCK_DIAG_BY_FAMILY dump request for TCP sockets."""
-    af = socket.AF_INET if family_name == 'ipv4' else socket.AF_INET6
-    return _DIAG_REQUEST.pack(_DIAG_REQUEST.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
-                              seq, 0, af, socket.IPPROTO_TCP, 0, 0, state_mask)
+def diag_request(family_name, state_mask, seq=1, bytecode=b''):
+    """The bytes of one SOCK_DIAG_BY_FAMILY dump request for TCP sockets, with an optional port filter."""
+    af = _socket.AF_INET if family_name == 'ipv4' else _socket.AF_INET6
+    size = _DIAG_REQUEST.size + (4 + len(bytecode) if bytecode else 0)
+    request = _DIAG_REQUEST.pack(size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                                 seq, 0, af, _socket.IPPROTO_TCP, 0, 0, state_mask)
+    if bytecode:
+        request += _NLATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
+    return request
 
 
 def state_mask(codes):
@@ -296,45 +449,183 @@ _clock = getattr(time, 'monotonic', time.time)
 
 
 def _time_left(deadline):
-    """Seconds left until deadline (a _clock() value); socket.timeout once none are left."""
+    """Seconds left until deadline (a _clock() value); _socket.timeout once none are left."""
     left = deadline - _clock()
     if left <= 0:
-        raise socket.timeout()
+        raise _socket.timeout()
     return left
 
 
-def _count_netlink(families, codes, local_table, remote_table):
+def _netlink_dump(families, mask, deadline, bytecode=b'', local_table=None, remote_table=None, full_codes=None):
+    """One dump per family: {family: tally}, and with full_codes, {family: tally of full sockets in those states}."""
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-    except (AttributeError, socket.error) as exc:
+        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+    except (AttributeError, _socket.error) as exc:
         raise BackendUnavailable('cannot open a NETLINK_SOCK_DIAG socket: {0}'.format(exc))
-    tally = _new_counter()
+    tallies, fulls = {}, {}
     buf = bytearray(RECV_BUFSIZE)
-    mask = state_mask(codes)
-    deadline = _clock() + NETLINK_TIMEOUT
     try:
         for seq, family_name in enumerate(families, 1):
+            tally = tallies[family_name] = _new_counter()
+            full = fulls[family_name] = _new_counter()
             sock.settimeout(_time_left(deadline))
-            sock.send(diag_request(family_name, mask, seq))
+            sock.send(diag_request(family_name, mask, seq, bytecode))
             done = False
             while not done:
                 sock.settimeout(_time_left(deadline))
-                received = sock.recv_into(buf, RECV_BUFSIZE, socket.MSG_TRUNC)
+                received = sock.recv_into(buf, RECV_BUFSIZE, _socket.MSG_TRUNC)
                 if received > RECV_BUFSIZE:
                     raise TcpStatusError(
                         'netlink reply of {0} bytes truncated to {1}; refusing to count short'.format(
                             received, RECV_BUFSIZE))
                 if received == 0:
                     raise ParseError('netlink socket closed before NLMSG_DONE')
-                done = count_netlink_messages(buf, received, tally, local_table, remote_table)
-    except socket.timeout:
+                if full_codes is None:
+                    done = count_netlink_messages(buf, received, tally, local_table, remote_table)
+                else:
+                    before = sum(tally[code] for code in full_codes)
+                    done = count_netlink_messages(buf, received, tally, local_table, remote_table)
+                    if sum(tally[code] for code in full_codes) != before:
+                        count_full_sockets(buf, received, full, full_codes)
+    except _socket.timeout:
         raise TcpStatusError('netlink dump gave no answer within {0:g} s (the deadline NETLINK_TIMEOUT, '
                              'set under the agent\'s Timeout)'.format(NETLINK_TIMEOUT))
-    except socket.error as exc:
+    except _socket.error as exc:
         raise BackendUnavailable('netlink sock_diag failed: {0}'.format(exc))
     finally:
         sock.close()
-    return tally
+    return tallies, fulls
+
+
+def _sum_tallies(tallies):
+    total = _new_counter()
+    for tally in tallies.values():
+        for code, count in enumerate(tally):
+            total[code] += count
+    return total
+
+
+def _count_netlink(families, codes, local_ranges, remote_ranges, deadline):
+    bytecode = port_bytecode(local_ranges, remote_ranges)
+    tallies, _fulls = _netlink_dump(families, state_mask(codes), deadline, bytecode,
+                                    port_table(local_ranges), port_table(remote_ranges))
+    return _sum_tallies(tallies), None
+
+
+def _read_text(name):
+    path = COUNTER_FILES[name]
+    try:
+        with open(path, 'rb') as handle:
+            return handle.read().decode('ascii', 'replace')
+    except (IOError, OSError) as exc:
+        raise BackendUnavailable('cannot read {0}: {1}'.format(path, exc))
+
+
+def read_counters():
+    """The kernel counters the counters backend uses: inuse4, inuse6, tw, and /proc/net/snmp's Tcp fields."""
+    values = {}
+    for name, prefix in (('sockstat', 'TCP:'), ('sockstat6', 'TCP6:')):
+        text = _read_text(name)
+        for line in text.splitlines():
+            fields = line.split()
+            if fields and fields[0] == prefix:
+                pairs = dict(zip(fields[1::2], fields[2::2]))
+                try:
+                    values['inuse4' if prefix == 'TCP:' else 'inuse6'] = int(pairs['inuse'])
+                    if prefix == 'TCP:':
+                        values['tw'] = int(pairs.get('tw', 0))
+                except (KeyError, ValueError):
+                    raise ParseError('{0} has no number after inuse: {1!r}'.format(COUNTER_FILES[name], line))
+                break
+        else:
+            raise ParseError('{0} has no {1} line'.format(COUNTER_FILES[name], prefix))
+    rows = [line.split() for line in _read_text('snmp').splitlines() if line.startswith('Tcp:')]
+    if len(rows) != 2 or len(rows[0]) != len(rows[1]):
+        raise ParseError('{0} has no Tcp: header and value lines'.format(COUNTER_FILES['snmp']))
+    try:
+        snmp = dict((key, int(value)) for key, value in zip(rows[0][1:], rows[1][1:]))
+        for key in ('CurrEstab', 'ActiveOpens', 'PassiveOpens', 'AttemptFails', 'EstabResets'):
+            values[key] = snmp[key]
+    except (KeyError, ValueError):
+        raise ParseError('{0} Tcp: lacks a counter the check needs (CurrEstab, ActiveOpens, ...)'.format(
+            COUNTER_FILES['snmp']))
+    return values
+
+
+def _kernel_release():
+    try:
+        import posix  # built in (no search of sys.path); os would cost start-up
+        return posix.uname()[2]
+    except (ImportError, AttributeError):
+        return ''
+
+
+def _kernel_version(release):
+    numbers = []
+    for part in release.split('.')[:2]:
+        digits = ''
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        numbers.append(int(digits) if digits else 0)
+    return tuple(numbers + [0] * (2 - len(numbers)))
+
+
+def check_established(before, after, other_full, close_wait):
+    """Cross-check of ESTABLISHED derived from inuse against /proc/net/snmp CurrEstab (both families together).
+
+    ``before``/``after`` are read_counters() around the dump, ``other_full`` the full sockets of every other
+    state the dump found, ``close_wait`` its CLOSE_WAIT count. Returns (derived total, the check's record);
+    the record's ``agrees`` says whether the two counters agree under either meaning of CurrEstab
+    (ESTABLISHED, or ESTABLISHED + CLOSE_WAIT) within ``churn``: the sockets that can have changed state
+    during the call (opened, per the monotonic open counters, and the net moves of inuse, CurrEstab and tw).
+    With nothing changing, the bound is 0 and the counts must be equal.
+    """
+    derived = after['inuse4'] + after['inuse6'] - other_full
+    churn = (2 * (after['ActiveOpens'] - before['ActiveOpens'] + after['PassiveOpens'] - before['PassiveOpens'])
+             + (after['AttemptFails'] - before['AttemptFails']) + (after['EstabResets'] - before['EstabResets'])
+             + abs(after['inuse4'] + after['inuse6'] - before['inuse4'] - before['inuse6'])
+             + abs(after['CurrEstab'] - before['CurrEstab']) + abs(after['tw'] - before['tw']))
+    candidates = (after['CurrEstab'], after['CurrEstab'] - close_wait)
+    off = min(abs(derived - candidate) for candidate in candidates)
+    record = {'derived': derived, 'curr_estab': after['CurrEstab'], 'close_wait': close_wait, 'churn': churn,
+              'off': off, 'agrees': derived >= 0 and off <= churn}
+    return derived, record
+
+
+def _count_counters(families, codes, local_ranges, remote_ranges, deadline):
+    """ESTABLISHED from sockstat inuse, checked against snmp CurrEstab; every other state from a dump without it."""
+    if local_ranges is not None or remote_ranges is not None:
+        raise BackendUnavailable('the kernel counters count the whole host; a port filter needs a dump')
+    release = _kernel_release()
+    if _kernel_version(release) < COUNTERS_MIN_KERNEL:
+        raise BackendUnavailable('kernel {0} is older than {1}.{2}: its dumps cannot tell request and TIME_WAIT '
+                                 'sockets from full ones'.format(release or '(unknown)', *COUNTERS_MIN_KERNEL))
+    established = CODE_BY_STATE['ESTABLISHED']
+    minority = [code for code, _name in STATE_CODES if code != established]
+    classify = (CODE_BY_STATE['SYN_RECV'], CODE_BY_STATE['FIN_WAIT2'])
+    before = read_counters()
+    tallies, fulls = _netlink_dump(('ipv4', 'ipv6'), state_mask(minority), deadline, full_codes=classify)
+    after = read_counters()
+    other = {}
+    for family_name, tally in tallies.items():
+        tally[CODE_BY_STATE['SYN_RECV']] += tally[NEW_SYN_RECV]
+        tally[NEW_SYN_RECV] = 0
+        other[family_name] = sum(fulls[family_name][code] if code in classify else tally[code]
+                                 for code in INUSE_CODES)
+    close_wait = sum(tally[CODE_BY_STATE['CLOSE_WAIT']] for tally in tallies.values())
+    _derived, record = check_established(before, after, other['ipv4'] + other['ipv6'], close_wait)
+    if not record['agrees']:
+        raise BackendUnavailable(
+            'kernel counters disagree: ESTABLISHED from sockstat inuse {derived}, /proc/net/snmp CurrEstab '
+            '{curr_estab} (CLOSE_WAIT {close_wait}), {off} apart with {churn} socket(s) changing state during '
+            'the call'.format(**record))
+    tallies['ipv4'][established] = after['inuse4'] - other['ipv4']
+    tallies['ipv6'][established] = after['inuse6'] - other['ipv6']
+    if tallies['ipv4'][established] < 0 or tallies['ipv6'][established] < 0:
+        raise BackendUnavailable('kernel counters disagree: a family\'s inuse is below its other full sockets')
+    return _sum_tallies(dict((name, tallies[name]) for name in families)), record
 
 
 def count_proc_lines(data, tally, local_table=None, remote_table=None, source='/proc/net/tcp'):
@@ -369,8 +660,9 @@ def count_proc_lines(data, tally, local_table=None, remote_table=None, source='/
     return tally
 
 
-def _count_proc(families, codes, local_table, remote_table):
+def _count_proc(families, codes, local_ranges, remote_ranges, deadline):
     tally = _new_counter()
+    local_table, remote_table = port_table(local_ranges), port_table(remote_ranges)
     for family_name, path in PROC_FILES:
         if family_name not in families:
             continue
@@ -378,19 +670,21 @@ def _count_proc(families, codes, local_table, remote_table):
             with open(path, 'rb') as handle:
                 data = handle.read()
         except (IOError, OSError) as exc:
+            import os  # only on this error path
             if exc.errno == errno.ENOENT and family_name == 'ipv6' and os.path.exists(PROC_FILES[0][1]):
                 continue  # IPv6 disabled on this host: no IPv6 sockets to count
             raise BackendUnavailable('cannot read {0}: {1}'.format(path, exc))
         count_proc_lines(data, tally, local_table, remote_table, path)
-    return tally
+    return tally, None
 
 
-def _count_psutil(families, codes, local_table, remote_table):
+def _count_psutil(families, codes, local_ranges, remote_ranges, deadline):
     try:
         import psutil  # only where neither netlink nor /proc exist
     except ImportError:
         raise BackendUnavailable('psutil is not installed')
-    wanted = set(socket.AF_INET if name == 'ipv4' else socket.AF_INET6 for name in families)
+    wanted = set(_socket.AF_INET if name == 'ipv4' else _socket.AF_INET6 for name in families)
+    local_table, remote_table = port_table(local_ranges), port_table(remote_ranges)
     tally = _new_counter()
     try:
         connections = psutil.net_connections(kind='tcp')
@@ -404,10 +698,11 @@ def _count_psutil(families, codes, local_table, remote_table):
         if remote_table is not None and not remote_table[conn.raddr[1] if conn.raddr else 0]:
             continue
         tally[CODE_BY_STATE[conn.status]] += 1
-    return tally
+    return tally, None
 
 
-_BACKEND_FUNCTIONS = (('netlink', _count_netlink), ('proc', _count_proc), ('psutil', _count_psutil))
+_BACKEND_FUNCTIONS = (('counters', _count_counters), ('netlink', _count_netlink), ('proc', _count_proc),
+                      ('psutil', _count_psutil))
 
 
 def count_states(states=None, family='all', local_ports=None, remote_ports=None, backend='auto'):
@@ -417,22 +712,29 @@ def count_states(states=None, family='all', local_ports=None, remote_ports=None,
     state, all states by default), ``total``, ``backend`` (the one that
     answered), ``family`` and ``fallbacks``: why each backend tried before
     the one that answered could not count, as ``'netlink: <reason>'`` (empty
-    when the first answered). Raises ArgumentError on bad input and
-    TcpStatusError when no backend can count.
+    when the first answered). With the counters backend, ``check`` holds the
+    cross-check's figures. ``auto`` tries ``counters`` only for a whole-host
+    count that includes ESTABLISHED (elsewhere a dump with the state mask and
+    the port filter is already the minimum). Raises ArgumentError on bad input
+    and TcpStatusError when no backend can count.
     """
     names = normalize_states(states)
     families = _family_names(family)
-    local_table = parse_ports(local_ports)
-    remote_table = parse_ports(remote_ports)
+    local_ranges = port_ranges(local_ports)
+    remote_ranges = port_ranges(remote_ports)
     if backend not in BACKENDS:
         raise ArgumentError('unknown backend {0}; accepted: {1}'.format(_shown(backend), ', '.join(BACKENDS)))
+    if backend == 'counters' and (local_ranges is not None or remote_ranges is not None):
+        raise ArgumentError('backend counters counts the whole host: no port filters (use netlink or proc)')
     codes = [CODE_BY_STATE[name] for name in names]
+    use_counters = local_ranges is None and remote_ranges is None and 'ESTABLISHED' in names
+    deadline = _clock() + NETLINK_TIMEOUT
     failures = []
     for name, function in _BACKEND_FUNCTIONS:
-        if backend not in ('auto', name):
+        if backend not in ('auto', name) or (backend == 'auto' and name == 'counters' and not use_counters):
             continue
         try:
-            tally = function(families, codes, local_table, remote_table)
+            tally, check = function(families, codes, local_ranges, remote_ranges, deadline)
         except BackendUnavailable as exc:
             if backend != 'auto':
                 raise
@@ -440,8 +742,11 @@ def count_states(states=None, family='all', local_ports=None, remote_ports=None,
             continue
         tally[CODE_BY_STATE['SYN_RECV']] += tally[NEW_SYN_RECV]
         counts = dict((state, tally[CODE_BY_STATE[state]]) for state in names)
-        return {'counts': counts, 'total': sum(counts.values()), 'backend': name, 'family': family,
-                'fallbacks': failures}
+        result = {'counts': counts, 'total': sum(counts.values()), 'backend': name, 'family': family,
+                  'fallbacks': failures}
+        if check is not None:
+            result['check'] = check
+        return result
     raise TcpStatusError('no backend could count TCP sockets: {0}'.format('; '.join(failures)))
 
 
@@ -454,6 +759,9 @@ def counts_json(counts):
 def run_script(argv):
     """The agent's script: returns (exit code, stdout text, stderr text)."""
     args = list(argv)
+    backend = 'auto'
+    if args and args[0].startswith('--backend='):
+        backend = args.pop(0)[len('--backend='):]
     while args and args[-1] == '':
         args.pop()  # the UserParameter passes "$2" "$3" "$4" even when the key has fewer
     if not args:
@@ -470,7 +778,8 @@ def run_script(argv):
             states=None if want_all else [target],
             local_ports=args[1] if len(args) > 1 else None,
             remote_ports=args[2] if len(args) > 2 else None,
-            family=args[3].strip().lower() if len(args) > 3 and args[3] else 'all')
+            family=args[3].strip().lower() if len(args) > 3 and args[3] else 'all',
+            backend=backend)
     except ArgumentError as exc:
         return 2, '', 'tcp_status: {0}\n'.format(exc)
     except TcpStatusError as exc:
