@@ -17,6 +17,13 @@ description:
   - Reads the kernel's socket table through netlink sock_diag, falling back to C(/proc/net/tcp) and
     C(/proc/net/tcp6) when netlink is refused (saying why in RV(fallbacks) and a warning), and to psutil only
     where neither exists (not Linux).
+  - For a whole-host count that includes ESTABLISHED (no port filter), the kernel is asked only for the sockets
+    in the other states, and ESTABLISHED is derived from the kernel's counters (C(/proc/net/sockstat) and
+    C(/proc/net/sockstat6) C(inuse)), checked against C(/proc/net/snmp) C(CurrEstab); when the two disagree
+    beyond the sockets that changed state during the call, or on kernels older than 4.4, every socket is dumped
+    instead. RV(backend) says which path answered (V(counters) or V(netlink)).
+  - Port filters are passed to the kernel as a sock_diag bytecode filter (as C(ss) does), so only the matching
+    sockets are listed.
   - The counting code is the same file that the role C(zabbix_tcp_status) installs as the Zabbix agent's script,
     so the module and the agent always agree.
   - Half-open request sockets (the kernel's NEW_SYN_RECV) are counted as C(SYN_RECV), as C(ss) and C(netstat)
@@ -55,10 +62,13 @@ options:
     default: []
   backend:
     description:
-      - How to read the socket table. V(auto) tries V(netlink), then V(proc), then V(psutil), and reports which
-        answered in RV(backend).
+      - How to read the socket table. V(auto) tries V(counters) (only for a whole-host count that includes
+        ESTABLISHED), then V(netlink), then V(proc), then V(psutil), and reports which answered in RV(backend).
+      - V(counters) derives ESTABLISHED from the kernel's counters, cross-checked, and dumps only the other states;
+        it takes no port filters.
+      - V(netlink) dumps every socket asked for; choose it to force the full dump.
     type: str
-    choices: [auto, netlink, proc, psutil]
+    choices: [auto, counters, netlink, proc, psutil]
     default: auto
 attributes:
   check_mode:
@@ -97,6 +107,10 @@ EXAMPLES = r'''
     remote_ports: ['5432']
     family: ipv4
 
+- name: Count every state from a dump of every socket, not from the kernel's counters
+  tcp_status:
+    backend: netlink
+
 # Ad hoc, across a fleet, one line per host:
 #   ansible all -m tcp_status -o
 #   ansible all -m tcp_status -a 'states=TIME_WAIT,CLOSE_WAIT' -o
@@ -115,10 +129,22 @@ total:
   type: int
   sample: 64
 backend:
-  description: The backend that counted.
+  description:
+    - The backend that counted. V(counters) means ESTABLISHED came from the kernel's counters, which agreed with
+      each other (see RV(check)); V(netlink) means a dump of every socket asked for.
   returned: always
   type: str
-  sample: netlink
+  sample: counters
+check:
+  description:
+    - The cross-check behind a V(counters) answer, both address families together. RV(check.derived) is
+      ESTABLISHED from sockstat C(inuse) minus the other full sockets; RV(check.curr_estab) the snmp counter,
+      which counts ESTABLISHED (or ESTABLISHED and CLOSE_WAIT, depending on the kernel build);
+      RV(check.off) how far apart they are under the closer meaning; RV(check.churn) the bound on sockets that
+      changed state during the call, which RV(check.off) may not exceed.
+  returned: when RV(backend) is V(counters)
+  type: dict
+  sample: {"derived": 200000, "curr_estab": 201001, "close_wait": 1001, "off": 0, "churn": 0, "agrees": true}
 family:
   description: The address family counted.
   returned: always
@@ -127,8 +153,10 @@ family:
 fallbacks:
   description:
     - Why each backend tried before RV(backend) could not count, one string each, starting with the backend's
-      name; empty when the first one tried answered. With O(backend=auto) a non-empty list means netlink was refused (for example by SELinux,
-      or a kernel without C(tcp_diag)) and the slower C(/proc) files were read; the module also warns with it.
+      name; empty when the first one tried answered. With O(backend=auto) an entry starting with V(netlink:) means
+      netlink was refused (for example by SELinux, or a kernel without C(tcp_diag)) and the slower C(/proc) files
+      were read; the module also warns with it. An entry starting with V(counters:) says why ESTABLISHED was
+      counted by the full dump instead (for example counters that disagreed during heavy churn); no warning.
   returned: always
   type: list
   elements: str
@@ -139,11 +167,11 @@ ansible_facts:
   type: dict
   contains:
     tcp_status:
-      description: V(counts), V(total), V(backend), V(family), V(fallbacks), V(local_ports) and V(remote_ports)
-        as above.
+      description: V(counts), V(total), V(backend), V(family), V(fallbacks), V(check) (with V(counters)),
+        V(local_ports) and V(remote_ports) as above.
       type: dict
       returned: always
-      sample: {"counts": {"ESTABLISHED": 12, "LISTEN": 9, "TIME_WAIT": 40}, "total": 61, "backend": "netlink",
+      sample: {"counts": {"ESTABLISHED": 12, "LISTEN": 9, "TIME_WAIT": 40}, "total": 61, "backend": "counters",
                "family": "all", "fallbacks": [], "local_ports": [], "remote_ports": []}
 '''
 
@@ -174,6 +202,8 @@ def main():
         # Outside the except block, so that the failure is the message alone, not a traceback.
         module.fail_json(msg=result['error'])
     for reason in result['fallbacks']:
+        if reason.startswith('counters:'):
+            continue  # the full dump answered instead: exact, and nothing the user must act on
         module.warn('tcp_status counted with the {0} backend; tried first: {1}'.format(result['backend'], reason))
     facts = dict(result, local_ports=params['local_ports'], remote_ports=params['remote_ports'])
     module.exit_json(changed=False, ansible_facts={'tcp_status': facts}, **result)
