@@ -4,6 +4,7 @@
 import pytest
 
 from interpreters import interpreter_path
+from tcp_live import SocketFarm
 
 
 @pytest.fixture
@@ -22,3 +23,13 @@ def interpreter(request):
         pytest.skip('interpreter {0} is not installed here (pyenv versions, or /usr/bin/python3 for agent)'
                     .format(name))
     return path
+
+
+@pytest.fixture
+def farm():
+    """Real TCP sockets on loopback in known states (tests/integration/tcp_live.py), closed after the test."""
+    sockets = SocketFarm()
+    try:
+        yield sockets
+    finally:
+        sockets.close()

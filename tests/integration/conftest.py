@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Fixtures of the live tests: real loopback sockets closed after each test, and a cached ansible-core 2.16."""
+"""Fixtures of the live tests: a cached ansible-core 2.16 (the real loopback sockets, farm, are in tests/conftest.py)."""
 
 import os
 import subprocess
@@ -7,16 +7,7 @@ import sys
 
 import pytest
 
-from tcp_live import AC216_VENV, SocketFarm
-
-
-@pytest.fixture
-def farm():
-    sockets = SocketFarm()
-    try:
-        yield sockets
-    finally:
-        sockets.close()
+from tcp_live import AC216_VENV
 
 
 @pytest.fixture(scope='session')
