@@ -95,14 +95,16 @@ def test_messages_say_what_was_expected():
     assert 'ESTABLISHED is "oops"' in problem(json_answer(ESTABLISHED='"oops"'), 'tcp.status.json')
 
 
-def test_a_count_key_with_parameters_names_its_state_first():
-    assert problem('3', 'tcp.status[LISTEN,10050]') == ''
-    assert problem('0', 'tcp.status[LISTEN,10050]') != ''
+def test_a_count_key_names_its_state_first_and_empty_parameters_count_the_whole_host():
+    assert problem('3', 'tcp.status[listen,,,]') == ''
+    assert problem('0', 'tcp.status[LISTEN,]') != ''
     assert verify.answer_problem('10', 'tcp.status.extra[TIME_WAIT]', 'count', QUIET, QUIET, OWN) == ''
+    assert verify.answer_problem(json_answer(), 'tcp.status.json[,,]', 'states', QUIET, QUIET, OWN) == ''
 
 
 @pytest.mark.parametrize('key, kind', [('tcp.status[NOSTATE]', 'count'), ('tcp.status[]', 'count'),
-                                       ('tcp.status[LISTEN]', 'number')])
+                                       ('tcp.status[LISTEN]', 'number'), ('tcp.status[LISTEN,10050]', 'count'),
+                                       ('tcp.status.json[,,ipv4]', 'states'), ('tcp.status.json[22]', 'states')])
 def test_an_item_table_row_the_verify_cannot_judge_is_an_error_not_a_pass(key, kind):
     with pytest.raises(ValueError):
         verify.answer_problem('3', key, kind, QUIET, QUIET, OWN)

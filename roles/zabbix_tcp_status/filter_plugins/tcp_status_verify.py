@@ -30,8 +30,23 @@ options:
     required: true
 '''
 
-# The state a count key asks for: its first parameter (tcp.status[LISTEN], tcp.status[LISTEN,22]).
-STATE_PARAMETER = re.compile(r'^[^\[]+\["?([A-Za-z_]+)"?(?:,.*)?\]$')
+# A key and its parameters: NAME or NAME[p1,p2,...] (the checks are plain keys: no quoted commas).
+KEY = re.compile(r'^([^\[]+)(?:\[(.*)\])?$')
+
+
+def _host_wide(key, kind, states):
+    """The state a ``count`` check asks for (None for ``states``), or ValueError when the check has a filter: the
+    module's counts, which judge the answer, are the whole host's."""
+    match = KEY.match(key)
+    params = [p.strip().strip('"') for p in match.group(2).split(',')] if match and match.group(2) is not None else []
+    state = params.pop(0).upper() if kind == 'count' and params else None
+    if kind == 'count' and state not in states:
+        raise ValueError('the item table checks {0}, whose first parameter is not one of the states {1}'.format(
+            key, ', '.join(states)))
+    if any(params):
+        raise ValueError('the item table checks {0}: checks must count the whole host (no port or family '
+                         'parameters), as the module counts that judge them do'.format(key))
+    return state
 
 
 def window(state, before, after, own, tolerance):
@@ -69,6 +84,9 @@ def answer_problem(answer, key, kind, before, after, own=None, tolerance=0):
     answer = '' if answer is None else str(answer).strip()
     tolerance = int(tolerance)
     own = own or {}
+    if kind not in ('count', 'states'):
+        raise ValueError('unknown answer kind {0!r} for {1} in the item table: count or states'.format(kind, key))
+    state = _host_wide(key, kind, before)
     if kind == 'states':
         try:
             counts = json.loads(answer)
@@ -89,13 +107,6 @@ def answer_problem(answer, key, kind, before, after, own=None, tolerance=0):
             if problem:
                 return problem
         return ''
-    if kind != 'count':
-        raise ValueError('unknown answer kind {0!r} for {1} in the item table: count or states'.format(kind, key))
-    match = STATE_PARAMETER.match(key)
-    state = match.group(1).upper() if match else None
-    if state not in before:
-        raise ValueError('the item table asks {0}, whose first parameter is not one of the states {1}'.format(
-            key, ', '.join(before)))
     if not re.match(r'^(0|[1-9][0-9]*)$', answer):
         return 'one non-negative integer'
     return _count_problem(state, int(answer), before, after, own, tolerance)
