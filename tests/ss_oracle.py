@@ -11,6 +11,8 @@ SS_STATES = {'ESTAB': 'ESTABLISHED', 'SYN-SENT': 'SYN_SENT', 'SYN-RECV': 'SYN_RE
              'FIN-WAIT-1': 'FIN_WAIT1', 'FIN-WAIT-2': 'FIN_WAIT2', 'TIME-WAIT': 'TIME_WAIT',
              'UNCONN': 'CLOSE', 'CLOSE-WAIT': 'CLOSE_WAIT', 'LAST-ACK': 'LAST_ACK', 'LISTEN': 'LISTEN',
              'CLOSING': 'CLOSING'}
+# The eleven states in the kernel's order (include/net/tcp_states.h), in netstat's names: the tests' one list.
+STATES = tuple(SS_STATES.values())
 
 
 def parse_ss(text, family='all'):

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Helpers of the counter's live tests: paths, interpreters, real loopback sockets, the ss and psutil
+"""Helpers of the counter's live tests: paths, real loopback sockets, the ss and psutil
 oracles, and the ansible runners (the repo's controller venv and a cached ansible-core 2.16 venv)."""
 
 import json
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from ss_oracle import STATES, ss_sockets
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_UTILS = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'module_utils')
 COUNTER = os.path.join(MODULE_UTILS, 'tcp_status_counter.py')
@@ -19,10 +21,6 @@ VENV_BIN = os.path.dirname(sys.executable)
 # ansible-core 2.16: the last release that manages Python 2.7 and 3.6 targets. Cached outside the repo.
 AC216_VENV = os.environ.get('ZTS_AC216_VENV', '/root/.cache/zts/venv-ac216')
 
-from ss_oracle import ss_sockets
-
-STATES = ('ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE',
-          'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING')
 
 def zero_counts():
     return dict((state, 0) for state in STATES)

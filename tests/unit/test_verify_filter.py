@@ -8,14 +8,14 @@ import os
 
 import pytest
 
+from ss_oracle import STATES
+
 PLUGIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       'roles', 'zabbix_tcp_status', 'filter_plugins', 'tcp_status_verify.py')
 _spec = importlib.util.spec_from_file_location('tcp_status_verify', PLUGIN)
 verify = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(verify)
 
-STATES = ['ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT',
-          'LAST_ACK', 'LISTEN', 'CLOSING']
 QUIET = dict((state, 0) for state in STATES)
 QUIET.update(ESTABLISHED=2, LISTEN=3, TIME_WAIT=10)
 OWN = {'ESTABLISHED': 2, 'TIME_WAIT': 5}
