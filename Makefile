@@ -35,7 +35,7 @@ lint: venv
 	$(BIN)/ansible-lint --nocolor
 
 unit: venv
-	$(BIN)/python -m pytest -q tests/unit tests/integration
+	$(BIN)/python -m pytest -q tests/unit tests/integration tests/test_readme.py
 
 role: venv
 	$(BIN)/python -m pytest -q tests/role

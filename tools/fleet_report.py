@@ -3,7 +3,7 @@
 
     fleet_report.py RESULTS.json [--sort STATE] [--out-dir DIR]
 
-RESULTS.json maps each inventory host to what `tcp_status` registered on it (gather.yml writes it): a result
+RESULTS.json maps each inventory host to what `tcp_status` registered on it (fleet-report.yml writes it): a result
 with `counts`, or an unreachable / failed result, or {} for a host that was never reached. Writes
 DIR/fleet-report.csv and DIR/fleet-report.json and prints a table. Rows are sorted by STATE (default TIME_WAIT),
 highest first; hosts without counts (unreachable, failed, not reached) come last, listed with the reason, never
@@ -14,14 +14,19 @@ from __future__ import print_function
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, '..', 'roles', 'zabbix_tcp_status', 'module_utils'))
-from tcp_status_counter import STATES, ArgumentError, normalize_state  # noqa: E402  (the one list of states, kernel order)
+# The counter's own list of states (kernel order) and state names, loaded from the role by path.
+_COUNTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, 'roles', 'zabbix_tcp_status',
+                        'module_utils', 'tcp_status_counter.py')
+_spec = importlib.util.spec_from_file_location('tcp_status_counter', _COUNTER)
+_counter = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_counter)
+STATES, ArgumentError, normalize_state = _counter.STATES, _counter.ArgumentError, _counter.normalize_state
 
 
 def classify(host, result):
