@@ -43,7 +43,7 @@ def assert_full_result(result):
     assert sorted(result['counts']) == sorted(STATES)
     assert all(type(value) is int for value in result['counts'].values())
     assert result['total'] == sum(result['counts'].values())
-    assert result['backend'] == 'netlink' and result['family'] == 'all' and result['fallbacks'] == []
+    assert result['backend'] == 'counters' and result['family'] == 'all' and result['fallbacks'] == []
     fact = result['ansible_facts']['tcp_status']
     assert fact['counts'] == result['counts'] and fact['total'] == result['total'] and fact['fallbacks'] == []
     assert fact['local_ports'] == [] and fact['remote_ports'] == []
@@ -69,7 +69,7 @@ def test_adhoc_counts_match_ss(scene, check):
 def test_adhoc_oneline_fleet_view(scene):
     status, result, proc = run_adhoc(oneline=True)
     assert status == 'SUCCESS' and proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(result['counts']) == sorted(STATES) and result['backend'] == 'netlink'
+    assert sorted(result['counts']) == sorted(STATES) and result['backend'] == 'counters'
 
 
 def test_adhoc_options(scene):
@@ -138,7 +138,7 @@ def test_ansible_doc_renders():
     options = doc['doc']['options']
     assert sorted(options) == ['backend', 'family', 'local_ports', 'remote_ports', 'states']
     assert options['family']['choices'] == ['all', 'ipv4', 'ipv6']
-    assert options['backend']['choices'] == ['auto', 'netlink', 'proc', 'psutil']
+    assert options['backend']['choices'] == ['auto', 'counters', 'netlink', 'proc', 'psutil']
     assert doc['doc']['attributes']['check_mode']['support'] == 'full'
     returns = doc['return']
     for key, kind in (('counts', 'dict'), ('total', 'int'), ('backend', 'str'), ('family', 'str'),

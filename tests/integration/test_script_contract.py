@@ -233,8 +233,8 @@ HUNG_DUMP = r'''
 import struct, time
 import tcp_status_counter as tsc
 real = tsc.diag_request
-def unanswered(family, mask, seq=1):
-    request = bytearray(real(family, mask, seq))
+def unanswered(family, mask, seq=1, bytecode=b''):
+    request = bytearray(real(family, mask, seq, bytecode))
     struct.pack_into('=H', request, 6, 0)
     return bytes(request)
 tsc.diag_request = unanswered
