@@ -33,6 +33,7 @@ PidFile={tmp}/zabbix_agentd.pid
 LogFile={tmp}/zabbix_agentd.log
 LogFileSize=0
 {userparameters}
+{config_text}
 """
 
 
@@ -49,11 +50,16 @@ class AgentError(Exception):
 
 
 class PrivateAgent(object):
-    """``with PrivateAgent(10070, userparameters) as agent: agent.get('agent.ping')``."""
+    """``with PrivateAgent(10070, userparameters, config_text) as agent: agent.get('agent.ping')``.
 
-    def __init__(self, port, userparameters):
+    userparameters: "key[*],command" lines of the benchmark's own keys; config_text: configuration text added
+    as it is (the role's own UserParameter file, rendered by zabbix/role_items.py).
+    """
+
+    def __init__(self, port, userparameters, config_text=''):
         self.port = int(port)
         self.userparameters = list(userparameters)
+        self.config_text = config_text
         self.tmp = None
         self.process = None
         self.agentd = ZABBIX_AGENTD
@@ -76,7 +82,8 @@ class PrivateAgent(object):
         with open(self.config_path, 'w') as handle:
             handle.write(CONFIG.format(
                 port=self.port, tmp=self.tmp, timeout=AGENT_TIMEOUT,
-                userparameters='\n'.join('UserParameter={0}'.format(line) for line in self.userparameters)))
+                userparameters='\n'.join('UserParameter={0}'.format(line) for line in self.userparameters),
+                config_text=self.config_text))
         try:
             self.process = subprocess.Popen([self.agentd, '-f', '-c', self.config_path],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rerun the whole benchmark (about 4 minutes here), or a 1k-socket smoke version:
+# Rerun the whole benchmark (1k to 1M sockets, about 25 minutes here), or a 1k-socket smoke version:
 #   bench/run.sh [--smoke] [--out DIR] [--markdown PATH] [--agent-port PORT] [--sizes 1000,10000]
 # Uses the project's venv (VENV=... to choose another) and installs the pinned
 # matplotlib from bench/requirements.txt into it if it is missing. Run as root.
@@ -25,4 +25,8 @@ if [ "${ZTS_BENCH_NETNS:-}" != 1 ]; then
     ZTS_BENCH_NETNS=1 VENV=$venv exec unshare --net -- "$here/run.sh" "$@"
 fi
 ip link set lo up
-exec "$VENV/bin/python" "$here/run.py" "$@"
+# As a module from the repository root: bench.* and zabbix.* as packages, the counter as the role's module_utils.
+repo=$(cd "$here/.." && pwd)
+cd "$repo"
+PYTHONPATH="$repo:$repo/roles/zabbix_tcp_status/module_utils${PYTHONPATH:+:$PYTHONPATH}" \
+    exec "$VENV/bin/python" -m bench.run "$@"
