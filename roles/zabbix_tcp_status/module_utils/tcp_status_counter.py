@@ -14,10 +14,12 @@ Backends, tried in this order by ``backend='auto'``:
   ``sockstat6`` ``inuse``), cross-checked against ``/proc/net/snmp`` ``CurrEstab``
   within the sockets that changed state during the call. When the check fails,
   or the kernel is older than 4.4, ``auto`` goes on to the full dump below;
-* ``netlink``: the full NETLINK_SOCK_DIAG dump (``inet_diag_req_v2``); the kernel
-  filters by the state bitmask and by the port filter, passed as an
-  ``INET_DIAG_REQ_BYTECODE`` program as ``ss`` does, so it builds messages only
-  for the sockets asked for;
+* ``netlink``: the full NETLINK_SOCK_DIAG dump; the kernel filters by the state
+  bitmask and by the port filter, passed as an ``INET_DIAG_REQ_BYTECODE``
+  program as ``ss`` does, so it builds messages only for the sockets asked for.
+  Both families are asked for in one request (the original ``inet_diag_req``,
+  TCPDIAG_GETSOCK): the kernel then walks its socket table once, where one
+  ``inet_diag_req_v2`` request per family walks all of it twice;
 * ``proc``: parsing ``/proc/net/tcp`` and ``/proc/net/tcp6``;
 * ``psutil``: only where neither exists (not Linux) and psutil is installed.
 
@@ -103,12 +105,16 @@ BACKENDS = ('auto', 'counters', 'netlink', 'proc', 'psutil')
 # Netlink constants (linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h).
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
+# The original inet_diag request type: one dump of every family (the kernel sets AF_UNSPEC), answered with
+# messages of this type. Kernels that refuse it get one SOCK_DIAG_BY_FAMILY request per family instead.
+TCPDIAG_GETSOCK = 18
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_HDRLEN = 16
 # inet_diag_msg: family, state, timer, retrans, then sockid (sport, dport big-endian).
+DIAG_FAMILY_OFFSET = NLMSG_HDRLEN
 DIAG_STATE_OFFSET = NLMSG_HDRLEN + 1
 DIAG_SPORT_OFFSET = NLMSG_HDRLEN + 4
 DIAG_DPORT_OFFSET = NLMSG_HDRLEN + 6
@@ -143,6 +149,11 @@ _NLATTR = _struct.Struct('=HH')
 _DIAG_INODE = _struct.Struct('=I')
 # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid).
 _DIAG_REQUEST = _struct.Struct('=IHHII' + 'BBBBI' + '48x')
+# nlmsghdr + inet_diag_req (family, src_len, dst_len, ext, 48-byte sockid, states, dbs).
+_DIAG_REQUEST_V1 = _struct.Struct('=IHHII' + 'BBBB' + '48x' + 'II')
+# Per-family tallies in one list: the count of (family, state) is at FAMILY_SLOTS[family] + state.
+FAMILY_SLOTS = dict(((_socket.AF_INET, 256), (_socket.AF_INET6, 512)))
+FAMILY_OF_NAME = {'ipv4': _socket.AF_INET, 'ipv6': _socket.AF_INET6}
 _BC_OP = _struct.Struct('=BBH')
 
 PROC_FILES = (('ipv4', '/proc/net/tcp'), ('ipv6', '/proc/net/tcp6'))
@@ -336,9 +347,11 @@ def _new_counter():
     return [0] * 256
 
 
-def count_netlink_messages(buf, length, tally, local_table=None, remote_table=None):
+def count_netlink_messages(buf, length, tally, local_table=None, remote_table=None, slots=None):
     """Count the sock_diag messages in ``buf[:length]`` into ``tally`` (by state code).
 
+    With ``slots`` (a 256-entry list: family -> first slot, see FAMILY_SLOTS), a message of family F in
+    state S is counted at ``tally[slots[F] + S]`` instead (a tally of 768 entries); not with port tables.
     Returns True once NLMSG_DONE is seen. Raises ParseError on a malformed
     stream and TcpStatusError on a kernel error reply.
     """
@@ -347,6 +360,7 @@ def count_netlink_messages(buf, length, tally, local_table=None, remote_table=No
     unpack = _NLMSGHDR.unpack_from
     offset = 0
     filtered = local_table is not None or remote_table is not None
+    plain = not filtered and slots is None
     while offset < length:
         if offset + NLMSG_HDRLEN > length:
             raise ParseError('netlink reply ends inside a message header at byte {0} of {1}'.format(
@@ -355,12 +369,14 @@ def count_netlink_messages(buf, length, tally, local_table=None, remote_table=No
         if msg_len < NLMSG_HDRLEN or offset + msg_len > length:
             raise ParseError('netlink message at byte {0} claims length {1}, {2} bytes remain'.format(
                 offset, msg_len, length - offset))
-        if msg_type == SOCK_DIAG_BY_FAMILY:
+        if msg_type == SOCK_DIAG_BY_FAMILY or msg_type == TCPDIAG_GETSOCK:
             if msg_len < DIAG_MSG_MINLEN:
                 raise ParseError('sock_diag message at byte {0} is {1} bytes, shorter than {2}'.format(
                     offset, msg_len, DIAG_MSG_MINLEN))
-            if not filtered:
+            if plain:
                 tally[buf[offset + DIAG_STATE_OFFSET]] += 1
+            elif not filtered:
+                tally[slots[buf[offset + DIAG_FAMILY_OFFSET]] + buf[offset + DIAG_STATE_OFFSET]] += 1
             elif ((local_table is None or local_table[
                     (buf[offset + DIAG_SPORT_OFFSET] << 8) | buf[offset + DIAG_SPORT_OFFSET + 1]])
                   and (remote_table is None or remote_table[
@@ -384,15 +400,18 @@ def count_netlink_messages(buf, length, tally, local_table=None, remote_table=No
     return False
 
 
-def count_full_sockets(buf, length, full, codes):
-    """Count into ``full`` (by state code) the messages in ``buf[:length]`` whose state is in ``codes`` and that
-    are full sockets (a socket inode, or an attribute other than INET_DIAG_MARK), not request or TIME_WAIT-kind
-    ones. Run only on the reply parts that hold such states (count_netlink_messages has checked the framing)."""
+def count_full_sockets(buf, length, full, codes, slots):
+    """Count into ``full`` (at slots[family] + state) the messages in ``buf[:length]`` whose state is in ``codes``
+    and that are full sockets (a socket inode, or an attribute other than INET_DIAG_MARK), not request or
+    TIME_WAIT-kind ones. Run only on the reply parts that hold such states (count_netlink_messages has checked
+    the framing)."""
     unpack = _NLMSGHDR.unpack_from
     offset = 0
     while offset < length:
         msg_len, msg_type = unpack(buf, offset)
-        if msg_type == SOCK_DIAG_BY_FAMILY and buf[offset + DIAG_STATE_OFFSET] in codes:
+        if msg_type not in (SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK):
+            break
+        if buf[offset + DIAG_STATE_OFFSET] in codes:
             is_full = _DIAG_INODE.unpack_from(buf, offset + NLMSG_HDRLEN + 68)[0] != 0
             attr = offset + DIAG_MSG_MINLEN
             end = offset + msg_len
@@ -403,9 +422,7 @@ def count_full_sockets(buf, length, full, codes):
                 is_full = (attr_type & 0x3fff) != INET_DIAG_MARK
                 attr += (attr_len + 3) & ~3
             if is_full:
-                full[buf[offset + DIAG_STATE_OFFSET]] += 1
-        elif msg_type != SOCK_DIAG_BY_FAMILY:
-            break
+                full[slots[buf[offset + DIAG_FAMILY_OFFSET]] + buf[offset + DIAG_STATE_OFFSET]] += 1
         offset += (msg_len + 3) & ~3
     return full
 
@@ -425,11 +442,15 @@ def _errno_text(code):
 
 
 def diag_request(family_name, state_mask, seq=1, bytecode=b''):
-    """The bytes of one SOCK_DIAG_BY_FAMILY dump request for TCP sockets, with an optional port filter."""
-    af = _socket.AF_INET if family_name == 'ipv4' else _socket.AF_INET6
-    size = _DIAG_REQUEST.size + (4 + len(bytecode) if bytecode else 0)
-    request = _DIAG_REQUEST.pack(size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
-                                 seq, 0, af, _socket.IPPROTO_TCP, 0, 0, state_mask)
+    """The bytes of one dump request for TCP sockets, with an optional port filter: SOCK_DIAG_BY_FAMILY for
+    one family ('ipv4', 'ipv6'), or the original TCPDIAG_GETSOCK for both ('all', one walk of the table)."""
+    extra = 4 + len(bytecode) if bytecode else 0
+    if family_name == 'all':
+        request = _DIAG_REQUEST_V1.pack(_DIAG_REQUEST_V1.size + extra, TCPDIAG_GETSOCK, NLM_F_REQUEST | NLM_F_DUMP,
+                                        seq, 0, _socket.AF_INET, 0, 0, 0, state_mask, 0)
+    else:
+        request = _DIAG_REQUEST.pack(_DIAG_REQUEST.size + extra, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                                     seq, 0, FAMILY_OF_NAME[family_name], _socket.IPPROTO_TCP, 0, 0, state_mask)
     if bytecode:
         request += _NLATTR.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
     return request
@@ -457,17 +478,33 @@ def _time_left(deadline):
 
 
 def _netlink_dump(families, mask, deadline, bytecode=b'', local_table=None, remote_table=None, full_codes=None):
-    """One dump per family: {family: tally}, and with full_codes, {family: tally of full sockets in those states}."""
+    """Dump the TCP sockets of ``families`` in the states of ``mask``: (tally, full).
+
+    Without ``full_codes``: tally by state (256 entries), full None. With it: both per family (768 entries, the
+    count of family F in state S at FAMILY_SLOTS[F] + S), full counting only the full sockets in those states.
+    Both families are asked for in one TCPDIAG_GETSOCK request (one walk of the kernel's table); a kernel that
+    refuses it gets one SOCK_DIAG_BY_FAMILY request per family.
+    """
     try:
         sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_SOCK_DIAG)
     except (AttributeError, _socket.error) as exc:
         raise BackendUnavailable('cannot open a NETLINK_SOCK_DIAG socket: {0}'.format(exc))
-    tallies, fulls = {}, {}
+    split = full_codes is not None
+    slots = None
+    if split:
+        slots = [0] * 256
+        for family, slot in FAMILY_SLOTS.items():
+            slots[family] = slot
+        watched = [slot + code for slot in FAMILY_SLOTS.values() for code in full_codes]
+    tally = [0] * (768 if split else 256)
+    full = [0] * 768 if split else None
+    requests = ['all'] if tuple(families) == ('ipv4', 'ipv6') else list(families)
     buf = bytearray(RECV_BUFSIZE)
+    seq = 0
     try:
-        for seq, family_name in enumerate(families, 1):
-            tally = tallies[family_name] = _new_counter()
-            full = fulls[family_name] = _new_counter()
+        while requests:
+            family_name = requests.pop(0)
+            seq += 1
             sock.settimeout(_time_left(deadline))
             sock.send(diag_request(family_name, mask, seq, bytecode))
             done = False
@@ -480,13 +517,25 @@ def _netlink_dump(families, mask, deadline, bytecode=b'', local_table=None, remo
                             received, RECV_BUFSIZE))
                 if received == 0:
                     raise ParseError('netlink socket closed before NLMSG_DONE')
-                if full_codes is None:
-                    done = count_netlink_messages(buf, received, tally, local_table, remote_table)
+                if not split:
+                    try:
+                        done = count_netlink_messages(buf, received, tally, local_table, remote_table)
+                    except NetlinkRefused:
+                        if family_name != 'all' or any(tally):
+                            raise
+                        requests = ['ipv4', 'ipv6']  # no TCPDIAG_GETSOCK here: one request per family
+                        break
                 else:
-                    before = sum(tally[code] for code in full_codes)
-                    done = count_netlink_messages(buf, received, tally, local_table, remote_table)
-                    if sum(tally[code] for code in full_codes) != before:
-                        count_full_sockets(buf, received, full, full_codes)
+                    before = sum(tally[index] for index in watched)
+                    try:
+                        done = count_netlink_messages(buf, received, tally, None, None, slots)
+                    except NetlinkRefused:
+                        if family_name != 'all' or any(tally):
+                            raise
+                        requests = ['ipv4', 'ipv6']
+                        break
+                    if sum(tally[index] for index in watched) != before:
+                        count_full_sockets(buf, received, full, full_codes, slots)
     except _socket.timeout:
         raise TcpStatusError('netlink dump gave no answer within {0:g} s (the deadline NETLINK_TIMEOUT, '
                              'set under the agent\'s Timeout)'.format(NETLINK_TIMEOUT))
@@ -494,7 +543,7 @@ def _netlink_dump(families, mask, deadline, bytecode=b'', local_table=None, remo
         raise BackendUnavailable('netlink sock_diag failed: {0}'.format(exc))
     finally:
         sock.close()
-    return tallies, fulls
+    return tally, full
 
 
 def _sum_tallies(tallies):
@@ -505,11 +554,17 @@ def _sum_tallies(tallies):
     return total
 
 
+def _family_tally(tally, family_name):
+    """The by-state tally of one family, from a per-family tally of _netlink_dump."""
+    slot = FAMILY_SLOTS[FAMILY_OF_NAME[family_name]]
+    return tally[slot:slot + 256]
+
+
 def _count_netlink(families, codes, local_ranges, remote_ranges, deadline):
     bytecode = port_bytecode(local_ranges, remote_ranges)
-    tallies, _fulls = _netlink_dump(families, state_mask(codes), deadline, bytecode,
-                                    port_table(local_ranges), port_table(remote_ranges))
-    return _sum_tallies(tallies), None
+    tally, _full = _netlink_dump(families, state_mask(codes), deadline, bytecode,
+                                 port_table(local_ranges), port_table(remote_ranges))
+    return tally, None
 
 
 def _read_text(name):
@@ -606,15 +661,18 @@ def _count_counters(families, codes, local_ranges, remote_ranges, deadline):
     minority = [code for code, _name in STATE_CODES if code != established]
     classify = (CODE_BY_STATE['SYN_RECV'], CODE_BY_STATE['FIN_WAIT2'])
     before = read_counters()
-    tallies, fulls = _netlink_dump(('ipv4', 'ipv6'), state_mask(minority), deadline, full_codes=classify)
+    tally, full = _netlink_dump(('ipv4', 'ipv6'), state_mask(minority), deadline, full_codes=classify)
     after = read_counters()
-    other = {}
-    for family_name, tally in tallies.items():
-        tally[CODE_BY_STATE['SYN_RECV']] += tally[NEW_SYN_RECV]
-        tally[NEW_SYN_RECV] = 0
-        other[family_name] = sum(fulls[family_name][code] if code in classify else tally[code]
+    tallies, other = {}, {}
+    for family_name in ('ipv4', 'ipv6'):
+        family_tally = tallies[family_name] = _family_tally(tally, family_name)
+        family_full = _family_tally(full, family_name)
+        family_tally[CODE_BY_STATE['SYN_RECV']] += family_tally[NEW_SYN_RECV]
+        family_tally[NEW_SYN_RECV] = 0
+        family_full[CODE_BY_STATE['SYN_RECV']] += family_full[NEW_SYN_RECV]
+        other[family_name] = sum(family_full[code] if code in classify else family_tally[code]
                                  for code in INUSE_CODES)
-    close_wait = sum(tally[CODE_BY_STATE['CLOSE_WAIT']] for tally in tallies.values())
+    close_wait = sum(family_tally[CODE_BY_STATE['CLOSE_WAIT']] for family_tally in tallies.values())
     _derived, record = check_established(before, after, other['ipv4'] + other['ipv6'], close_wait)
     if not record['agrees']:
         raise BackendUnavailable(
