@@ -1,30 +1,36 @@
-"""End to end: a real Zabbix server receives every TCP state from a real agent running the repo's counter.
+"""End to end over the server matrix: real Zabbix servers 5.0, 6.0 and 7.0 receive every TCP state from a real agent
+running the repo's counter.
 
-The lab (lab.py) installs Debian's packages when missing and starts PostgreSQL, zabbix_server and the
-frontend's API on loopback; the role zabbix_tcp_status_api (community.zabbix, httpapi) imports the template and
-registers the hosts; the assertions read the API:
+Each server comes from its Debian suite's packages in its own root filesystem (bullseye 5.0.8, bookworm 6.0.14,
+trixie 7.0.22; tests/zabbix_server/lab.py and server_images.py), with its own PostgreSQL and frontend API. The
+three start at once; the tests then run server after server against one agent setup. The role
+zabbix_tcp_status_api imports the template and registers the hosts (community.zabbix on 6.0 and later, the role's
+own JSON-RPC tasks before 6.0); the assertions read each server's API:
 
-- the 3.4 XML imports into the real server and yields the same items, triggers and graph as the 6.0 YAML;
+- the server imports the template format the role picks for it (5.0: the 3.4 XML; 6.0 and 7.0: the 6.0 YAML),
+  and on 6.0 and 7.0 the 3.4 XML imports too, with the same items, triggers and graph as the YAML;
 - a host that already has the recipe's item tcp.status[TIME_WAIT] keeps it (same item, so its history) when
-  the template is linked; a second role run changes nothing;
+  the template is linked; a second role run changes nothing (with an API token where the server has them, 5.4+;
+  on 5.0 a token is refused by the role with a message before any change);
 - every state item gets values that match `ss` counted at the same time (tolerance for churn);
 - triggers fire when crossed on purpose: CLOSE_WAIT sockets held open against a lowered macro, and a LISTEN
   minimum set one above the host's real listener count (as ss counts it);
 - triggers resolve when the condition is cleared: the CLOSE_WAIT sockets closed, and the LISTEN minimum set to
   the real listener count (a LISTEN value too high never fires, one too low never resolves);
-- an agent whose script answers an error line makes the master item unsupported with the script's message,
-  and the "no data" trigger fires.
+- an agent whose UserParameter names a missing interpreter makes the master item unsupported with the shell's
+  message, and (5.4 and later) the "no data" trigger fires.
 
-The agent under test is this machine's system agent on 10050, configured by `ansible-playbook playbook.yml`
-while holding /tmp/zts-system-agent.lock. When the role cannot run (the playbook fails --syntax-check, or the
-run fails), the test FAILS: it never falls back to anything else.
+The agent under test is this machine's system agent on 10050, configured once by `ansible-playbook playbook.yml`
+while holding /tmp/zts-system-agent.lock for the whole matrix. When the role cannot run (the playbook fails
+--syntax-check, or the run fails), the test FAILS: it never falls back to anything else. The broken agent is a
+private zabbix_agentd (127.0.0.1:10061) with the role's own UserParameter file (zabbix/role_items.py) pointing
+at a missing interpreter.
 
 ZTS_E2E_AGENT=private is an explicit opt-in for working on the lab itself, NOT a test of the role: a private
-zabbix_agentd on 127.0.0.1:10060 with hand-written UserParameter lines (AllowRoot=1, Timeout=10) that run the
-counter from the repository. It prints a warning and is never the default.
+zabbix_agentd on 127.0.0.1:10060 with the role's UserParameter file running the counter from the repository.
+ZTS_E2E_VERSIONS=6.0,7.0 runs part of the matrix; ZTS_E2E_KEEP=1 keeps the servers' logs.
 
-Needs root (apt, runuser postgres). About 2-3 minutes (plus the role's run on the system agent).
-ZTS_E2E_KEEP=1 keeps the lab's logs.
+Needs root (debootstrap, namespaces, mounts). Cold (images to build) about 2 min more.
 """
 
 import fcntl
@@ -41,16 +47,14 @@ from collections import Counter
 import pytest
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import lab as lablib  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ss_oracle import ss_state_counts  # noqa: E402
+import lab as lablib
+from ss_oracle import ss_state_counts
+from zabbix import role_items
 
 REPO = lablib.REPO
 TEMPLATE = 'TCP connection states'
-STATES = ['ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT',
-          'LAST_ACK', 'LISTEN', 'CLOSING']
+STATES = role_items.states()
+MASTER_KEY = role_items.item('states')['key']
 GOOD_HOST = 'zts-e2e-agent'
 BROKEN_HOST = 'zts-e2e-broken'
 PRIVATE_PORT = 10060
@@ -58,12 +62,17 @@ BROKEN_PORT = 10061
 SYSTEM_PORT = 10050
 LOCK = '/tmp/zts-system-agent.lock'
 BIN = os.path.dirname(sys.executable)
+MATRIX = [v for v in os.environ.get('ZTS_E2E_VERSIONS', ','.join(sorted(lablib.VERSIONS))).split(',') if v]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the Zabbix lab needs root (apt-get, runuser postgres)')
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason='the Zabbix labs need root (debootstrap, namespaces)')
 
 
 def log(msg):
     sys.stderr.write('[e2e {0}] {1}\n'.format(time.strftime('%H:%M:%S'), msg))
+
+
+def at_least(lab, version):
+    return lablib.version_tuple(lab.api_version) >= lablib.version_tuple(version)
 
 
 def role_ready():
@@ -85,7 +94,7 @@ def agent_mode():
         pytest.fail('ZTS_E2E_AGENT must be system (the default) or private (the lab alone, NOT a test of the '
                     'role), not {0!r}'.format(wanted))
     if wanted == 'private':
-        log('WARNING: ZTS_E2E_AGENT=private: a lab agent with hand-written UserParameter lines; the role is NOT tested')
+        log('WARNING: ZTS_E2E_AGENT=private: a lab agent, not configured by the role; the role is NOT tested')
         return 'private', 'ZTS_E2E_AGENT=private (the role is NOT tested)'
     ready, why = role_ready()
     if not ready:
@@ -93,17 +102,30 @@ def agent_mode():
     return 'system', why
 
 
-def run_playbook(args, inventory=None, cwd=REPO):
+def run_playbook(args, inventory=None, cwd=REPO, check=True):
     argv = [os.path.join(BIN, 'ansible-playbook')] + (['-i', inventory] if inventory else []) + args
     start = time.time()
     proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
                           env=dict(os.environ, ANSIBLE_FORCE_COLOR='0', ANSIBLE_NOCOLOR='1'))
     took = time.time() - start
     log('ansible-playbook {0}: rc={1} in {2:.1f}s'.format(' '.join(args), proc.returncode, took))
-    assert proc.returncode == 0, proc.stdout[-6000:]
+    if check:
+        assert proc.returncode == 0, proc.stdout[-6000:]
     recap = dict((m.group(1), dict((k, int(v)) for k, v in re.findall(r'(\w+)=(\d+)', m.group(2))))
                  for m in re.finditer(r'^(\S+)\s+:\s+(ok=.*)$', proc.stdout, re.M))
-    return proc.stdout, recap
+    return proc.stdout, recap, proc.returncode
+
+
+def changed_tasks(out):
+    """The tasks of an ansible-playbook output that reported a change, with the hosts."""
+    found, task = [], None
+    for line in out.splitlines():
+        match = re.match(r'^TASK \[(.*)\]', line)
+        if match:
+            task = match.group(1)
+        elif line.startswith('changed: '):
+            found.append((task, line.split(']')[0] + ']'))
+    return found
 
 
 class SsSampler(threading.Thread):
@@ -141,28 +163,37 @@ def wait_for(what, func, timeout, step=2):
 
 @pytest.fixture(scope='module')
 def mode():
-    """Decided before the lab starts, so that a role that cannot run fails the test at once."""
+    """Decided before the labs start, so that a role that cannot run fails the test at once."""
     return agent_mode()
 
 
 @pytest.fixture(scope='module')
-def lab(mode):
+def servers(mode):
+    """Every server of the matrix, started at once (image builds and schema loads overlap)."""
     start = time.time()
-    # ZTS_E2E_KEEP=1 keeps the lab's directory (server, agent, PHP and PostgreSQL logs) after the processes stop.
-    with lablib.Lab(keep=os.environ.get('ZTS_E2E_KEEP') == '1') as the_lab:
-        log('lab up in {0:.0f}s: Zabbix {1}, steps {2}, apt installed {3}'.format(
-            time.time() - start, the_lab.api_version, the_lab.timings, the_lab.installed))
-        yield the_lab
-    log('lab stopped' + (', logs kept in ' + the_lab.dir if the_lab.keep else ''))
+    # ZTS_E2E_KEEP=1 keeps each lab's directory (server, PHP, PostgreSQL and boot logs) after it stops.
+    labs, errors = lablib.start_all(MATRIX, keep=os.environ.get('ZTS_E2E_KEEP') == '1')
+    for version, one in sorted(labs.items()):
+        log('Zabbix {0} up: image {1} (built in {2:.0f}s this run), boot {3}'.format(
+            one.api_version, one.image['versions'], one.timings['image_build'], one.boot_steps()))
+    for version, error in sorted(errors.items()):
+        log('Zabbix {0} did not start: {1}'.format(version, error))
+    log('matrix up in {0:.0f}s'.format(time.time() - start))
+    yield labs, errors
+    for one in labs.values():
+        problems = one.stop()
+        assert not problems, problems
+    log('servers stopped' + (' (logs kept)' if os.environ.get('ZTS_E2E_KEEP') == '1' else ''))
 
 
 @pytest.fixture(scope='module')
-def agents(lab, mode):
-    """Returns the port of the agent under test; holds the system agent's lock while the test uses it."""
+def agents(servers, mode):
+    """The port of the agent under test, configured once for every server; holds the system agent's lock."""
     mode, why = mode
     log('agent under test: {0} ({1})'.format(mode, why))
     lock = None
     was_running = None
+    private = lablib.Agents(keep=os.environ.get('ZTS_E2E_KEEP') == '1')
     try:
         if mode == 'system':
             lock = open(LOCK, 'a')
@@ -171,12 +202,16 @@ def agents(lab, mode):
             run_playbook(['playbook.yml'])
             port = SYSTEM_PORT
         else:
-            lab.start_agent(GOOD_HOST, PRIVATE_PORT)
+            private.start_agent(GOOD_HOST, PRIVATE_PORT, role_items.userparameter_conf(
+                '{0} {1}'.format(sys.executable, lablib.COUNTER)).splitlines())
             port = PRIVATE_PORT
-        # An agent whose UserParameter passes the script a bad argument: the agent answers the script's error line.
-        lab.start_agent(BROKEN_HOST, BROKEN_PORT, json_params='"$1" "$2" "bogus-family"')
+        # The role's own UserParameter file on an agent whose interpreter is missing: the agent answers the
+        # shell's error line instead of JSON.
+        private.start_agent(BROKEN_HOST, BROKEN_PORT, role_items.userparameter_conf(
+            '{0} {1}'.format(private.path('missing', 'python3'), lablib.COUNTER)).splitlines())
         yield {'mode': mode, 'port': port}
     finally:
+        errors = private.stop()
         if lock is not None:
             if not was_running and not lablib.port_free(SYSTEM_PORT):
                 # The role started the system agent for this test: stop it again (init script, no systemd here).
@@ -184,13 +219,22 @@ def agents(lab, mode):
                                stderr=subprocess.DEVNULL)
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
+        assert not errors, errors
+
+
+@pytest.fixture(scope='module', params=MATRIX, ids=['zabbix-' + v for v in MATRIX])
+def lab(request, servers, agents):
+    labs, errors = servers
+    if request.param not in labs:
+        pytest.fail('Zabbix {0} did not start: {1}'.format(request.param, errors.get(request.param)))
+    return labs[request.param]
 
 
 @pytest.fixture(scope='module')
 def inventory(lab, agents):
     api = {
         'zabbix_tcp_status_api_server': '127.0.0.1',
-        'zabbix_tcp_status_api_port': lablib.API_PORT,
+        'zabbix_tcp_status_api_port': lab.api_port,
         'zabbix_tcp_status_api_use_ssl': False,
         'zabbix_tcp_status_api_url_path': '',
         'zabbix_tcp_status_api_user': 'Admin',
@@ -205,7 +249,7 @@ def inventory(lab, agents):
             {'macro': '{$TCP.STATUS.INTERVAL}', 'value': '10s'},
             {'macro': '{$TCP.STATUS.NODATA}', 'value': '30s'}]),
     }}}
-    path = lab.path('inventory.yml')
+    path = lab.share('inventory.yml')
     with open(path, 'w') as handle:
         yaml.safe_dump(data, handle)
     return path
@@ -223,6 +267,7 @@ def template_shape(api):
     shape_items = sorted((i['key_'], i['type'], i['value_type'], keys.get(i['master_itemid'], ''),
                           tuple(p['params'] for p in i['preprocessing'] if p['type'] == '12'))
                          for i in items)
+    master_steps = [[p['type'] for p in i['preprocessing']] for i in items if i['key_'] == MASTER_KEY]
     triggers = sorted((t['description'], t['expression'], t['priority']) for t in api.call(
         'trigger.get', {'templateids': tid, 'output': ['description', 'expression', 'priority'],
                         'expandExpression': True}))
@@ -230,17 +275,20 @@ def template_shape(api):
                                     'selectGraphItems': ['itemid']})
     macros = sorted(m['macro'] for m in api.call('usermacro.get', {'hostids': tid, 'output': ['macro']}))
     return {'templateid': tid, 'items': shape_items, 'triggers': triggers, 'macros': macros,
+            'master_steps': master_steps[0] if master_steps else None,
             'graphs': [(g['name'], g['graphtype'], len(g['gitems'])) for g in graphs]}
 
 
 @pytest.fixture(scope='module')
 def registered(lab, agents, inventory):
     api = lab.api
-    # 1. The 3.4 XML through the role (format xml, template only), kept for comparison, then removed.
-    run_playbook(['playbook-register.yml', '-e', 'zabbix_tcp_status_api_template_format=xml',
-                  '-e', 'zabbix_tcp_status_api_register_host=false'], inventory)
-    xml_shape = template_shape(api)
-    api.call('template.delete', [xml_shape['templateid']])
+    found = {'version': lab.api_version}
+    if at_least(lab, '6.0'):
+        # 1. The 3.4 XML through the role (format xml, template only), kept for comparison, then removed.
+        run_playbook(['playbook-register.yml', '-e', 'zabbix_tcp_status_api_template_format=xml',
+                      '-e', 'zabbix_tcp_status_api_register_host=false'], inventory)
+        found['xml'] = template_shape(api)
+        api.call('template.delete', [found['xml']['templateid']])
     # 2. A host set up the recipe's way: an agent item tcp.status[TIME_WAIT] clicked together in the web UI.
     group = api.call('hostgroup.get', {'filter': {'name': 'Linux servers'}, 'output': ['groupid']})[0]['groupid']
     hostid = api.call('host.create', {
@@ -248,22 +296,33 @@ def registered(lab, agents, inventory):
         'interfaces': [{'type': 1, 'main': 1, 'useip': 1, 'ip': '127.0.0.1', 'dns': '',
                         'port': str(agents['port'])}]})['hostids'][0]
     iface = api.call('hostinterface.get', {'hostids': hostid, 'output': ['interfaceid']})[0]['interfaceid']
-    seed = api.call('item.create', {'hostid': hostid, 'name': 'TIME_WAIT', 'key_': 'tcp.status[TIME_WAIT]',
-                                    'type': 0, 'value_type': 3, 'delay': '1m', 'interfaceid': iface})['itemids'][0]
-    # 3. The real registration: 6.0 YAML, both hosts, host macros, user and password.
-    out, recap = run_playbook(['playbook-register.yml'], inventory)
-    yaml_shape = template_shape(api)
-    # 4. Again with an API token instead of the password (given as extra vars, the way a vault file would):
-    #    nothing may change, and the token must not show in the output.
-    tokenid = api.call('token.create', {'name': 'zts-e2e', 'userid': '1'})['tokenids'][0]
-    token = api.call('token.generate', [tokenid])[0]['token']
-    secrets = lab.path('secrets.yml')
-    with open(secrets, 'w') as handle:
-        yaml.safe_dump({'zabbix_tcp_status_api_token': token, 'zabbix_tcp_status_api_user': '',
-                        'zabbix_tcp_status_api_password': ''}, handle)
-    out2, recap2 = run_playbook(['playbook-register.yml', '-e', '@' + secrets, '-v'], inventory)
-    return {'xml': xml_shape, 'yaml': yaml_shape, 'seed_itemid': seed, 'hostid': hostid, 'recap': recap,
-            'recap2': recap2, 'out2': out2, 'token': token}
+    found['seed_itemid'] = api.call('item.create', {
+        'hostid': hostid, 'name': 'TIME_WAIT', 'key_': 'tcp.status[TIME_WAIT]', 'type': 0, 'value_type': 3,
+        'delay': '1m', 'interfaceid': iface})['itemids'][0]
+    # 3. The real registration: the format the role picks for this server, both hosts, host macros, password.
+    found['out'], found['recap'], _ = run_playbook(['playbook-register.yml'], inventory)
+    found['shape'] = template_shape(api)
+    secrets = lab.share('secrets.yml')
+    if at_least(lab, '5.4'):
+        # 4. Again with an API token instead of the password (given as extra vars, the way a vault file would):
+        #    nothing may change, and the token must not show in the output.
+        tokenid = api.call('token.create', {'name': 'zts-e2e', 'userid': '1'})['tokenids'][0]
+        found['token'] = api.call('token.generate', [tokenid])[0]['token']
+        with open(secrets, 'w') as handle:
+            yaml.safe_dump({'zabbix_tcp_status_api_token': found['token'], 'zabbix_tcp_status_api_user': '',
+                            'zabbix_tcp_status_api_password': ''}, handle)
+        found['out2'], found['recap2'], _ = run_playbook(['playbook-register.yml', '-e', '@' + secrets, '-v'],
+                                                         inventory)
+    else:
+        # 4. A server without API tokens: a token is refused before anything is asked of the server, and
+        #    the password run again changes nothing.
+        found['token'] = '0123456789abcdef' * 4
+        with open(secrets, 'w') as handle:
+            yaml.safe_dump({'zabbix_tcp_status_api_token': found['token'], 'zabbix_tcp_status_api_user': '',
+                            'zabbix_tcp_status_api_password': ''}, handle)
+        found['refused'] = run_playbook(['playbook-register.yml', '-e', '@' + secrets], inventory, check=False)
+        found['out2'], found['recap2'], _ = run_playbook(['playbook-register.yml', '-v'], inventory)
+    return found
 
 
 def _close_wait_sockets(count):
@@ -282,7 +341,7 @@ def _close_wait_sockets(count):
 
 
 @pytest.fixture(scope='module')
-def held_sockets():
+def held_sockets(lab):
     """Sockets in states other than ESTABLISHED/TIME_WAIT/LISTEN while values are compared with ss: 40 server
     sides in CLOSE_WAIT and their 40 orphaned client sides in FIN_WAIT2 (until tcp_fin_timeout)."""
     listener, accepted = _close_wait_sockets(40)
@@ -302,15 +361,21 @@ def host_items(api, host):
 # Tests
 
 
-def test_xml_34_import_matches_yaml_60(registered):
-    xml, yml = registered['xml'], registered['yaml']
-    assert len(yml['items']) == 12 and len(yml['triggers']) == 5 and yml['graphs'] == [(TEMPLATE, '1', 11)]
+def test_template_imports_in_the_format_the_role_picks(lab, registered):
+    shape = registered['shape']
+    assert len(shape['items']) == 12 and len(shape['triggers']) == 5 and shape['graphs'] == [(TEMPLATE, '1', 11)]
+    # The master's first step tells the file: 18 "check for error using regular expression" (the YAML),
+    # 5 "regular expression" (the 3.4 XML, which has no validation steps).
+    assert shape['master_steps'] == (['18'] if at_least(lab, '6.0') else ['5'])
+    if 'xml' not in registered:
+        return
+    xml = registered['xml']
     # Same keys, types, value types, masters and JSONPaths; the master's check step differs by design (3.4 has
     # no validation steps), so only JSONPath steps are compared.
-    assert xml['items'] == yml['items']
-    # The 3.4 expressions, converted by the server, are the 6.0 expressions.
-    assert [t[1] for t in xml['triggers']] == [t[1] for t in yml['triggers']]
-    assert xml['macros'] == yml['macros'] and xml['graphs'] == yml['graphs']
+    assert xml['items'] == shape['items']
+    # The 3.4 expressions, converted by the server, are the YAML's expressions.
+    assert [t[1] for t in xml['triggers']] == [t[1] for t in shape['triggers']]
+    assert xml['macros'] == shape['macros'] and xml['graphs'] == shape['graphs']
 
 
 def test_registration_links_both_hosts_and_is_idempotent(lab, registered):
@@ -319,12 +384,23 @@ def test_registration_links_both_hosts_and_is_idempotent(lab, registered):
                                           'output': ['hostid']})
         assert len(found) == 1 and [t['host'] for t in found[0]['parentTemplates']] == [TEMPLATE], found
         assert len(host_items(lab.api, host)) == 12
+        macros = lab.api.call('usermacro.get', {'hostids': found[0]['hostid'], 'output': ['macro', 'value']})
+        assert {'macro': '{$TCP.STATUS.INTERVAL}', 'value': '10s'} in [
+            dict(macro=m['macro'], value=m['value']) for m in macros], macros
     for host, counts in registered['recap2'].items():
-        assert counts['changed'] == 0 and counts['failed'] == 0, (host, registered['out2'][-3000:])
+        assert counts['changed'] == 0 and counts['failed'] == 0, (host, changed_tasks(registered['out2']),
+                                                                  registered['out2'][-3000:])
     assert registered['recap'][GOOD_HOST]['changed'] > 0
-    # The second run used the token (user and password emptied), at -v, under no_log.
-    assert registered['token'] not in registered['out2']
+    # The second run, at -v: every API task under no_log.
     assert 'the output has been hidden' in registered['out2']
+    if 'refused' in registered:
+        out, recap, code = registered['refused']
+        assert code != 0 and 'API tokens need Zabbix 5.4 or later' in out, out[-3000:]
+        assert registered['token'] not in out
+        assert all(counts['changed'] == 0 for counts in recap.values()), recap
+    else:
+        # user and password emptied: the token did the work, and never shows.
+        assert registered['token'] not in registered['out2']
 
 
 def test_recipe_item_is_kept_when_the_template_is_linked(lab, registered):
@@ -433,14 +509,19 @@ def test_script_error_makes_master_unsupported_and_nodata_fires(lab, registered)
 
     def unsupported():
         items = host_items(api, BROKEN_HOST)
-        master = items['tcp.status.json']
+        master = items[MASTER_KEY]
         return items if master['state'] == '1' and master['error'] else None
     items = wait_for('the broken host\'s master item to turn unsupported', unsupported, 120)
-    error = items['tcp.status.json']['error']
-    log('master item error: {0}'.format(error))
-    # Zabbix 6.0 words it: Preprocessing failed for: <value>\n1. Failed: <the check's output>
-    assert '1. Failed: tcp_status script did not return JSON: tcp_status: ' in error, error
-    assert 'bogus-family' in error
+    error = items[MASTER_KEY]['error']
+    log('master item error on {0}: {1}'.format(lab.api_version, error))
+    # The agent answers the shell's line for the missing interpreter ("sh: 1: .../missing/python3: not found").
+    assert 'missing/python3' in error and 'not found' in error, error
+    if at_least(lab, '6.0'):
+        # The YAML's check: Preprocessing failed for: <value>\n1. Failed: <the check's output>
+        assert '1. Failed: tcp_status script did not return JSON: sh: ' in error, error
+    else:
+        # The 3.4 XML's regular expression only matches a JSON object.
+        assert 'pattern does not match' in error, error
     # The error text never reaches the JSONPath steps: the state items simply get no values.
     assert all(items['tcp.status[{0}]'.format(s)]['lastclock'] == '0' for s in STATES)
     start = time.time()
