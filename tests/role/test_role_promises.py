@@ -20,10 +20,11 @@ import shutil
 
 import pytest
 
-from test_role_wrong_answers import (RECIPE_KEY, agent_running, assert_same, fake_python, playbook, prepare, recap,
-                                     run, snapshot, system_agent, verify_message, wait_for_answer, zabbix_get)
+from role_run import (RECIPE_KEY, agent_pid, agent_running, apt, assert_same, changed_paths, fake_python,
+                      package_installed, playbook, prepare, read, recap, run, snapshot, verify_message, wait_for_answer,
+                      write, zabbix_get)
 
-assert system_agent  # the module's lock (autouse fixture, imported)
+pytestmark = pytest.mark.usefixtures('system_agent')
 
 SCRIPT = '/etc/zabbix/tcp_status.py'
 FACT = '/etc/ansible/facts.d/tcp_status.fact'
@@ -35,40 +36,11 @@ COMMENTED_RECIPE = re.compile(r'(?m)^# UserParameter=tcp\.status\[\*\],/etc/zabb
 LIVE_RECIPE = re.compile(r'(?m)^\s*UserParameter=tcp\.status\[\*\],/etc/zabbix/tcp_connections\.sh')
 
 
-def read(path):
-    with open(path) as handle:
-        return handle.read()
-
-
-def write(path, text):
-    with open(path, 'w') as handle:
-        handle.write(text)
-
-
-def agent_pid(flavour='agent'):
-    return read('/run/zabbix/zabbix_agentd.pid' if flavour == 'agent' else '/run/zabbix/zabbix_agent2.pid').strip()
-
-
 def answers_our_keys(port=10050):
     """The role's script answers: JSON with every state, and an error line (not usage text) for a bad state."""
     assert wait_for_answer(RECIPE_KEY, port=port).isdigit()
     assert zabbix_get('tcp.status.json', port).startswith('{"ESTABLISHED":')
     assert 'unknown TCP state' in zabbix_get('tcp.status[FOO]', port)
-
-
-def changed_paths(before, after):
-    return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
-
-
-def package_installed(name):
-    out = run(['dpkg-query', '-W', '-f', '${db:Status-Status}', name]).stdout
-    return out.strip() == 'installed'
-
-
-def apt(*args):
-    result = run(['apt-get', '-y', '-q', '-o', 'DPkg::Lock::Timeout=120'] + list(args),
-                 env=dict(os.environ, DEBIAN_FRONTEND='noninteractive'))
-    assert result.rc == 0, result.tail()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -104,7 +76,7 @@ def test_tags_config_then_facts():
 
 def test_rollback_false_leaves_the_files_as_written():
     prepare('agent')
-    fake = fake_python('zero')
+    fake = fake_python('zero', only_running_agent=True)
     result = playbook('-e', 'zabbix_tcp_status_rollback=false', '-e', 'zabbix_tcp_status_python=' + fake)
     assert result.rc != 0, result.tail()
     assert 'Rollback is off' in result.text and 'Rolled back:' not in result.text, result.tail()
@@ -116,7 +88,8 @@ def test_rollback_false_leaves_the_files_as_written():
 def test_failed_verify_on_agent2_rolls_back_and_agent2_answers_the_recipe_again():
     prepare('agent2')
     before = snapshot()
-    result = playbook('-e', 'zabbix_tcp_status_agent_flavour=agent2', '-e', 'zabbix_tcp_status_python=' + fake_python('zero'))
+    result = playbook('-e', 'zabbix_tcp_status_agent_flavour=agent2', '-e',
+                      'zabbix_tcp_status_python=' + fake_python('zero', only_running_agent=True))
     assert result.rc != 0, result.tail()
     assert verify_message(r'tcp\.status\[(?:ESTABLISHED|TIME_WAIT|LISTEN)\]', '0').search(result.text), result.tail()
     assert 'Rolled back:' in result.text and 'answers agent.ping again' in result.text, result.tail()

@@ -1,143 +1,29 @@
 """The role against this machine's real agent: rollback, check mode, bad input.
 
-Each test resets the agent to the old recipe's state (molecule/shared/prepare.yml), snapshots every file under
-/etc/zabbix, runs the real playbook with something that must fail, and asserts that the files are back byte for
-byte (content, mode, owner) and that the agent is in the state it was in.
+Each test starts from the old recipe's state (molecule/shared/prepare.yml, or the previous test's host when its
+rollback left it so byte for byte: fixture recipe_host), snapshots every file under /etc/zabbix and
+/etc/ansible/facts.d and the boot links, runs the real playbook with something that must fail, and asserts that the
+files are back byte for byte (content, mode, owner) and that the agent is in the state it was in. Helpers:
+role_run.py.
 """
-import fcntl
-import hashlib
 import json
 import os
 import pwd
-import re
-import shutil
-import stat
-import subprocess
-import tempfile
 import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = '/etc/zabbix/zabbix_agentd.conf'
-INCLUDE_DIR = '/etc/zabbix/zabbix_agentd.conf.d'
-RECIPE_LINE = 'UserParameter=tcp.status[*],/etc/zabbix/tcp_connections.sh $1 $2'
+from role_run import (CONFIG, INCLUDE_DIR, RECIPE_KEY, RECIPE_LINE, agent_pid, agent_running, assert_same,
+                      backups_in_etc, fake_python, playbook, recap, run, set_config, snapshot, unchanged_run,
+                      wait_for_agent, zabbix_get)
 
-WATCHED = ['/etc/zabbix', '/etc/ansible/facts.d']
-RECIPE_KEY = 'tcp.status[LISTEN]'
-
-
-def run(args, **kwargs):
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, **kwargs)
-
-
-def playbook(*args):
-    """A run of the project's playbook; stdout holds stderr too (where ansible-core 2.19 prints the failure)."""
-    return subprocess.run(['ansible-playbook', 'playbook.yml'] + list(args), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def snapshot():
-    """Content hash, mode and owner of every file under WATCHED, backups (*~) included: none may be left there."""
-    files = {}
-    for top in WATCHED:
-        for folder, _dirs, names in os.walk(top):
-            for name in names:
-                path = os.path.join(folder, name)
-                info = os.lstat(path)
-                with open(path, 'rb') as handle:
-                    digest = hashlib.sha256(handle.read()).hexdigest()
-                files[path] = (digest, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
-    return files
-
-
-def agent_running():
-    return run(['service', 'zabbix-agent', 'status']).returncode == 0
-
-
-def zabbix_get(key):
-    return run(['zabbix_get', '-s', '127.0.0.1', '-k', key]).stdout.strip()
-
-
-@pytest.fixture(scope='module', autouse=True)
-def system_agent():
-    """Hold the machine's agent for this module; leave it stopped afterwards."""
-    with open('/tmp/zts-system-agent.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-        run(['service', 'zabbix-agent', 'stop'])
-        run(['service', 'zabbix-agent2', 'stop'])
-
-
-@pytest.fixture
-def recipe_host():
-    """The agent as the old recipe leaves it, running; returns the snapshot of its files."""
-    result = run(['ansible-playbook', 'molecule/shared/prepare.yml', '-e', 'zabbix_tcp_status_test_flavour=agent'])
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert agent_running()
-    assert zabbix_get(RECIPE_KEY).isdigit(), 'the recipe answers before the role runs'
-    return snapshot()
-
-
-@pytest.fixture
-def zabbix_tmp():
-    """A directory in /tmp that the agent's user can reach (pytest's tmp_path is root's alone)."""
-    path = tempfile.mkdtemp(prefix='zts-safety-', dir='/tmp')
-    os.chmod(path, 0o777)
-    yield path
-    shutil.rmtree(path)
-
-
-@pytest.fixture
-def answer_zero(zabbix_tmp):
-    """An interpreter for the installed script that answers 0 for every key: an agent that lies."""
-    path = os.path.join(zabbix_tmp, 'answer-zero')
-    with open(path, 'w') as handle:
-        handle.write('#!/bin/sh\n# called as: answer-zero -S /etc/zabbix/tcp_status.py STATE ...\n'
-                    'if [ "$3" = all ]; then echo \'{"ESTABLISHED":0,"SYN_SENT":0,"SYN_RECV":0,"FIN_WAIT1":0,'
-                    '"FIN_WAIT2":0,"TIME_WAIT":0,"CLOSE":0,"CLOSE_WAIT":0,"LAST_ACK":0,"LISTEN":0,"CLOSING":0}\'; '
-                    'else echo 0; fi\n')
-    os.chmod(path, 0o755)
-    return path
-
-
-def set_config(edit, wait=True):
-    """Rewrite the agent's main configuration with edit(text) and restart the agent on it."""
-    with open(CONFIG) as handle:
-        text = handle.read()
-    with open(CONFIG, 'w') as handle:
-        handle.write(edit(text))
-    assert run(['service', 'zabbix-agent', 'restart']).returncode == 0
-    if wait:
-        wait_for_agent()
-
-
-def wait_for_agent():
-    for _ in range(50):
-        if zabbix_get('agent.ping') == '1':
-            return
-        time.sleep(0.2)
-    raise AssertionError('the agent does not answer: ' + zabbix_get('agent.ping'))
-
-
-def agent_pid():
-    with open('/run/zabbix/zabbix_agentd.pid') as handle:
-        return handle.read().strip()
-
-
-def backups_in_etc():
-    return [os.path.join(folder, name) for folder, _dirs, names in os.walk('/etc/zabbix') for name in names
-            if name.endswith('~')]
-
-
-def recap(result):
-    return re.search(r'localhost\s+: ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)', result.stdout).groups()
+pytestmark = pytest.mark.usefixtures('system_agent')
 
 
 def assert_rolled_back(before, result, running):
-    assert result.returncode != 0, 'the play must fail'
-    assert 'Rolled back: ' in result.stdout, result.stdout[-3000:]
-    assert snapshot() == before
+    assert result.rc != 0, 'the play must fail'
+    assert 'Rolled back: ' in result.stdout, result.tail()
+    assert_same(before, snapshot())
     assert agent_running() == running
 
 
@@ -145,47 +31,45 @@ def test_failed_item_test_restores_every_file_and_keeps_the_agent(recipe_host):
     # The script's interpreter prints nothing: the agent's own item test catches it before any restart.
     result = playbook('-e', 'zabbix_tcp_status_python=/bin/false')
     assert "The agent's own test" in result.stdout
-    assert 'expected one non-negative integer' in ' '.join(result.stdout.split()), result.stdout[-3000:]
+    assert 'expected one non-negative integer' in result.text, result.tail()
     assert_rolled_back(recipe_host, result, running=True)
     assert zabbix_get(RECIPE_KEY).isdigit(), 'the recipe still answers'
 
 
-def test_failed_verify_after_restart_restores_and_restarts_the_old_agent(recipe_host, answer_zero):
-    # The installed script answers 0 for every state: the agent's item test accepts an integer, the verify after
-    # the restart must not (this host has LISTEN sockets).
-    result = playbook('-e', 'zabbix_tcp_status_python=' + answer_zero)
+def test_failed_verify_after_restart_restores_and_restarts_the_old_agent(recipe_host):
+    # The installed script answers 0 for every state to the running agent (the truth to the agent's item test): the
+    # verify after the restart must not accept it (this host has LISTEN sockets).
+    result = playbook('-e', 'zabbix_tcp_status_python=' + fake_python('all_zero', only_running_agent=True))
     assert 'RUNNING HANDLER [zabbix_tcp_status : Restart the Zabbix agent]' in result.stdout
-    assert "-k 'tcp.status[LISTEN]'` run on localhost answered '0'" in ' '.join(result.stdout.split())
-    assert 'restarted with the restored configuration and answers agent.ping again' in ' '.join(result.stdout.split())
+    assert "-k 'tcp.status[LISTEN]'` run on localhost answered '0'" in result.text
+    assert 'restarted with the restored configuration and answers agent.ping again' in result.text
     assert_rolled_back(recipe_host, result, running=True)
     assert zabbix_get(RECIPE_KEY).isdigit()
     assert 'unknown TCP state' not in zabbix_get('tcp.status[FOO]'), 'the old script is back, not ours'
 
 
-def test_failure_on_a_stopped_agent_leaves_it_stopped(recipe_host, answer_zero):
-    assert run(['service', 'zabbix-agent', 'stop']).returncode == 0
+def test_failure_on_a_stopped_agent_leaves_it_stopped(recipe_host):
+    assert run(['service', 'zabbix-agent', 'stop']).rc == 0
     before = snapshot()
-    result = playbook('-e', 'zabbix_tcp_status_python=' + answer_zero)
-    assert 'the agent was stopped again, as it was before the run' in ' '.join(result.stdout.split())
+    result = playbook('-e', 'zabbix_tcp_status_python=' + fake_python('all_zero', only_running_agent=True))
+    assert 'the agent was stopped again, as it was before the run' in result.text
     assert_rolled_back(before, result, running=False)
 
 
 def test_check_mode_on_a_fresh_host_reports_changes_and_makes_none(recipe_host):
     result = playbook('--check', '--diff')
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert re.search(r'localhost\s+: ok=\d+\s+changed=[1-9]', result.stdout)
+    assert result.rc == 0, result.tail()
+    assert recap(result)['changed'] >= 1, result.tail()
     assert "+UserParameter=tcp.status[*],/etc/zabbix/tcp_status.py '$1' '$2' '$3' '$4'" in result.stdout
     assert '+# UserParameter=tcp.status[*],/etc/zabbix/tcp_connections.sh $1 $2' in result.stdout
-    assert snapshot() == recipe_host
+    assert_same(recipe_host, snapshot())
 
 
 def test_bad_role_input_fails_before_any_change(recipe_host):
     result = playbook('-e', 'zabbix_tcp_status_agent_flavour=agent3')
-    assert result.returncode != 0
+    assert result.rc != 0
     assert 'zabbix_tcp_status_agent_flavour' in result.stdout and 'agent3' in result.stdout
-    assert snapshot() == recipe_host
-
-
+    assert_same(recipe_host, snapshot())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -202,9 +86,9 @@ def test_directory_include_changed_rerun_keeps_the_agent_up(recipe_host):
     refused to start, and the rollback restarted it into the same duplicate."""
     set_config(directory_include)
     first = playbook()
-    assert first.returncode == 0, first.stdout[-3000:]
+    assert first.rc == 0, first.tail()
     changed = playbook('-e', 'zabbix_tcp_status_json_key=tcp.status.all')
-    assert changed.returncode == 0, changed.stdout[-3000:]
+    assert changed.rc == 0, changed.tail()
     assert 'RUNNING HANDLER [zabbix_tcp_status : Restart the Zabbix agent]' in changed.stdout
     assert agent_running()
     assert backups_in_etc() == [], 'a backup left where the agent loads it'
@@ -213,7 +97,7 @@ def test_directory_include_changed_rerun_keeps_the_agent_up(recipe_host):
                                                      'tcp.status[LISTEN]'))
     pid = agent_pid()
     third = playbook('-e', 'zabbix_tcp_status_json_key=tcp.status.all')
-    assert recap(third) == ('0', '0'), third.stdout[-3000:]
+    assert unchanged_run(third), third.tail()
     assert agent_pid() == pid, 'an unchanged run restarted the agent'
     assert os.listdir('/var/lib/zabbix_tcp_status/backup'), 'the backups are kept outside the include directory'
 
@@ -230,14 +114,14 @@ def test_recipe_line_in_the_include_directory_is_handled_once(recipe_host):
     wait_for_agent()
     try:
         first = playbook()
-        assert first.returncode == 0, first.stdout[-3000:]
+        assert first.rc == 0, first.tail()
         with open(loaded) as handle:
             assert handle.read().startswith('# ' + RECIPE_LINE + '  # replaced by the zabbix_tcp_status role')
         for path in unloaded:
             with open(path) as handle:
                 assert handle.read() == RECIPE_LINE + '\n', path + ' is not loaded by the agent: left alone'
         second = playbook()
-        assert recap(second) == ('0', '0'), second.stdout[-3000:]
+        assert unchanged_run(second), second.tail()
         assert backups_in_etc() == []
     finally:
         for path in [loaded] + unloaded:
@@ -249,8 +133,8 @@ def test_unsafe_userparameters_cannot_run_commands(recipe_host, zabbix_tmp):
     """Defect 3: with UnsafeUserParameters=1, "$1" quoting let $(...) and backticks run."""
     set_config(lambda text: text + 'UnsafeUserParameters=1\n')
     result = playbook()
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert 'UnsafeUserParameters=1 in /etc/zabbix/zabbix_agentd.conf' in ' '.join(result.stdout.split())
+    assert result.rc == 0, result.tail()
+    assert 'UnsafeUserParameters=1 in /etc/zabbix/zabbix_agentd.conf' in result.text
     for key in ('tcp.status[$(touch {0}/dollar)]', 'tcp.status[`touch {0}/tick`]', 'tcp.status.json[$(touch {0}/j)]'):
         answer = zabbix_get(key.format(zabbix_tmp))
         assert 'unknown TCP state' in answer or 'bad port' in answer, answer
@@ -263,10 +147,11 @@ def test_script_directory_writable_by_others_is_refused_before_any_change(recipe
     loose.mkdir()
     loose.chmod(0o1777)
     result = playbook('-e', 'zabbix_tcp_status_script_dir=' + str(loose))
-    assert result.returncode != 0
-    assert 'can be written by a user other than root' in ' '.join(result.stdout.split())
+    assert result.rc != 0
+    assert 'can be written by a user other than root' in result.text
     assert 'Nothing was changed' in result.stdout
-    assert snapshot() == recipe_host and os.listdir(str(loose)) == []
+    assert_same(recipe_host, snapshot())
+    assert os.listdir(str(loose)) == []
 
 
 def test_server_that_refuses_the_verifier_fails_before_any_change(recipe_host):
@@ -277,11 +162,12 @@ def test_server_that_refuses_the_verifier_fails_before_any_change(recipe_host):
     before = snapshot()
     pid = agent_pid()
     result = playbook()
-    text = ' '.join(result.stdout.split())
-    assert result.returncode != 0
+    text = result.text
+    assert result.rc != 0
     assert 'does not allow 127.0.0.1' in text and 'zabbix_tcp_status_verify_from' in text
     assert 'Nothing was changed' in text
-    assert snapshot() == before and agent_pid() == pid
+    assert_same(before, snapshot())
+    assert agent_pid() == pid
 
 
 def test_psk_agent_is_verified_through_tls(recipe_host):
@@ -298,7 +184,7 @@ def test_psk_agent_is_verified_through_tls(recipe_host):
     assert zabbix_get('agent.ping') == '', 'the agent must refuse an unencrypted connection'
     try:
         result = playbook()
-        assert result.returncode == 0, result.stdout[-3000:]
+        assert result.rc == 0, result.tail()
         answer = run(['zabbix_get', '-s', '127.0.0.1', '-k', 'tcp.status[LISTEN]', '--tls-connect', 'psk',
                       '--tls-psk-identity', 'zts-test', '--tls-psk-file', psk]).stdout.strip()
         assert answer.isdigit() and int(answer) >= 1, answer
@@ -316,7 +202,7 @@ def test_crlf_configuration_keeps_its_line_endings(recipe_host, shape):
         return text.replace('\n', '\r\n')
     set_config(crlf)
     result = playbook()
-    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.rc == 0, result.tail()
     with open(CONFIG, 'rb') as handle:
         data = handle.read()
     lines = data.split(b'\n')[:-1]
@@ -325,4 +211,4 @@ def test_crlf_configuration_keeps_its_line_endings(recipe_host, shape):
     assert b'# ' + RECIPE_LINE.encode() + b'  # replaced by the zabbix_tcp_status role' in data
     assert (b"UserParameter=tcp.status[*],/etc/zabbix/tcp_status.py '$1'" in data) == (shape == 'block')
     assert agent_running() and zabbix_get(RECIPE_KEY).isdigit()
-    assert recap(playbook()) == ('0', '0'), 'a CRLF file must not change on a rerun'
+    assert unchanged_run(playbook()), 'a CRLF file must not change on a rerun'
