@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""Write the "TCP connection states" template in the two formats users import.
+"""Write the "TCP connection states" template in the formats users import.
 
-One description of the template (below) produces both files, so they cannot drift apart:
+One description of the template (below) produces every file, so they cannot drift apart:
 
-    zabbix/template_tcp_status.yaml     Zabbix 6.0 YAML export (imports into 6.0 and later)
-    zabbix/template_tcp_status_3.4.xml  Zabbix 3.4 XML export (imports into 3.4 up to 5.x, and later)
+    zabbix/template_tcp_status.yaml      Zabbix 6.0 YAML export (imports into 6.0 up to 6.4, and later)
+    zabbix/template_tcp_status_7.0.yaml  Zabbix 7.0 YAML export (the same template in 7.0's format: 7.0
+                                         re-imports it without seeing a change, which it does not for the 6.0 file)
+    zabbix/template_tcp_status_3.4.xml   Zabbix 3.4 XML export (imports into 3.4 up to 5.x, and later)
+
+The template follows Zabbix's template guidelines where they fit (GUIDELINES below says where it does not, and why);
+tests/zabbix_server/test_template.py checks the generated files against them. The model is built in parts (items,
+triggers, graphs, dashboards, discovery rules) so that per-port discovery is an addition to it.
 
 Run it after changing the template:  python3 zabbix/build_templates.py
 Check that the committed files are current:  python3 zabbix/build_templates.py --check
@@ -25,14 +31,24 @@ import uuid
 import xml.etree.ElementTree as ET
 from xml.dom import minidom
 
-import role_items
+try:
+    import role_items
+except ImportError:  # imported as zabbix.build_templates (the tests), not run as a script
+    from zabbix import role_items
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 YAML_FILE = os.path.join(HERE, 'template_tcp_status.yaml')
+YAML_70_FILE = os.path.join(HERE, 'template_tcp_status_7.0.yaml')
 XML_FILE = os.path.join(HERE, 'template_tcp_status_3.4.xml')
 
+# The template's technical name is its identity: hosts link to it, trigger expressions name it, and the 3.4-5.x
+# importers match on it (6.0+ also match on its uuid, derived from it). It stays as first published. The visible
+# name follows the guidelines' "<what> by <collection method>".
 TEMPLATE = 'TCP connection states'
+VISIBLE_NAME = 'TCP connection states by Zabbix agent'
 GROUP = 'Templates'
+# Prefix of trigger names (the guidelines: the object first).
+OBJECT = 'TCP'
 # The master item: the item table's key that answers every state as one JSON object.
 MASTER_KEY = role_items.item('states')['key']
 # The key of each state's item is the recipe's agent key, so that items, triggers, graphs and dashboards
@@ -93,13 +109,42 @@ MACROS = [
 NOT_JSON_PATTERN = r'^(?!\s*\{)(.*)'
 NOT_JSON_OUTPUT = r'tcp_status script did not return JSON: \1'
 
-# Triggers. 'expr' uses {F}(key, param) placeholders written once and rendered per format by _expr().
+# The state item that carries the "no data" trigger in the YAML files. The master keeps no history there (the
+# guidelines), and Zabbix evaluates no trigger function on an item without history: nodata() reads a dependent
+# item instead, which gets no value whenever the master gets none or turns unsupported.
+NODATA_STATE = 'ESTABLISHED'
+
+# Triggers. 'parts' are ('function', STATE or None for the master, parameter, operator, right side) written once
+# and rendered per format by _expr(). 'name' and 'event_name' follow the guidelines (the object first, the
+# threshold in the event name); 'name_34' is the name the 3.4 XML has always had: before 6.0 the importer matches
+# triggers by name and expression, so a renamed trigger would be imported a second time next to the old one on
+# every 3.4-5.x server that imported the XML before. 'depends_on': the triggers a problem of this one implies.
 TRIGGERS = [
     {
+        'id': 'nodata',
+        'name': OBJECT + ': No data from the state counter',
+        'event_name': OBJECT + ': No data from the state counter (for {$TCP.STATUS.NODATA}: script broken or '
+                               'item unsupported)',
+        'name_34': 'TCP state counter sends no data for {$TCP.STATUS.NODATA} (script broken or item unsupported)',
+        'parts': [('nodata', NODATA_STATE, '{$TCP.STATUS.NODATA}', '=', '1')],
+        'parts_34': [('nodata', None, '{$TCP.STATUS.NODATA}', '=', '1')],
+        'priority': 'AVERAGE',
+        'scope': 'availability',
+        'description': 'The item ' + MASTER_KEY + ' got no valid value, so no state item got one: the agent lost '
+                       'its UserParameter, the script fails (see the item\'s error: the script\'s own message), or '
+                       'the agent is down. Test on the host: zabbix_agentd -t ' + MASTER_KEY + '; from the server: '
+                       'zabbix_get -s HOST -k ' + MASTER_KEY + '.',
+    },
+    {
         'id': 'time_wait',
-        'name': 'Many TCP sockets in TIME_WAIT (over {$TCP.TIME_WAIT.MAX} for {$TCP.TIME_WAIT.PERIOD})',
+        'name': OBJECT + ': Too many sockets in TIME_WAIT',
+        'event_name': OBJECT + ': Too many sockets in TIME_WAIT (over {$TCP.TIME_WAIT.MAX} for '
+                               '{$TCP.TIME_WAIT.PERIOD})',
+        'name_34': 'Many TCP sockets in TIME_WAIT (over {$TCP.TIME_WAIT.MAX} for {$TCP.TIME_WAIT.PERIOD})',
         'parts': [('min', 'TIME_WAIT', '{$TCP.TIME_WAIT.PERIOD}', '>', '{$TCP.TIME_WAIT.MAX}')],
         'priority': 'WARNING',
+        'scope': 'capacity',
+        'depends_on': ['nodata'],
         'description': 'Connections closed by this host stay in TIME_WAIT for 60 s and hold a local port each. '
                        'Thousands of them toward one destination exhaust the ephemeral port range '
                        '(net.ipv4.ip_local_port_range): use keep-alive or connection pools, let the peer close '
@@ -107,8 +152,11 @@ TRIGGERS = [
     },
     {
         'id': 'close_wait',
-        'name': 'TCP sockets pile up in CLOSE_WAIT (over {$TCP.CLOSE_WAIT.MAX} for {$TCP.CLOSE_WAIT.PERIOD} '
-                'and not draining)',
+        'name': OBJECT + ': Sockets pile up in CLOSE_WAIT',
+        'event_name': OBJECT + ': Sockets pile up in CLOSE_WAIT (over {$TCP.CLOSE_WAIT.MAX} for '
+                               '{$TCP.CLOSE_WAIT.PERIOD} and not draining)',
+        'name_34': 'TCP sockets pile up in CLOSE_WAIT (over {$TCP.CLOSE_WAIT.MAX} for {$TCP.CLOSE_WAIT.PERIOD} '
+                   'and not draining)',
         # Above the threshold for the whole period, and the latest count is not below the period's average:
         # the pile is not draining. A healthy application closes within milliseconds, so CLOSE_WAIT stays
         # near zero; a leak only grows.
@@ -116,37 +164,57 @@ TRIGGERS = [
                   'and',
                   ('last', 'CLOSE_WAIT', None, '>=', ('avg', 'CLOSE_WAIT', '{$TCP.CLOSE_WAIT.PERIOD}'))],
         'priority': 'AVERAGE',
+        'scope': 'performance',
+        'depends_on': ['nodata'],
         'description': 'The peers closed these connections but the local application never called close(): '
                        'a socket (file descriptor) leak. Find the process with: ss -tanp state close-wait.',
     },
     {
         'id': 'syn_recv',
-        'name': 'Possible SYN flood: over {$TCP.SYN_RECV.MAX} TCP sockets in SYN_RECV for {$TCP.SYN_RECV.PERIOD}',
+        'name': OBJECT + ': Possible SYN flood',
+        'event_name': OBJECT + ': Possible SYN flood (over {$TCP.SYN_RECV.MAX} sockets in SYN_RECV for '
+                               '{$TCP.SYN_RECV.PERIOD})',
+        'name_34': 'Possible SYN flood: over {$TCP.SYN_RECV.MAX} TCP sockets in SYN_RECV for {$TCP.SYN_RECV.PERIOD}',
         'parts': [('min', 'SYN_RECV', '{$TCP.SYN_RECV.PERIOD}', '>', '{$TCP.SYN_RECV.MAX}')],
         'priority': 'AVERAGE',
+        'scope': 'security',
+        'depends_on': ['nodata'],
         'description': 'Half-open incoming handshakes that never complete: a SYN flood, or an application '
                        'too slow to accept(). Check net.ipv4.tcp_syncookies and the listen backlog.',
     },
     {
         'id': 'listen',
-        'name': 'Fewer than {$TCP.LISTEN.MIN} listening TCP sockets for {$TCP.LISTEN.PERIOD}',
+        'name': OBJECT + ': Too few listening sockets',
+        'event_name': OBJECT + ': Too few listening sockets (under {$TCP.LISTEN.MIN} for {$TCP.LISTEN.PERIOD})',
+        'name_34': 'Fewer than {$TCP.LISTEN.MIN} listening TCP sockets for {$TCP.LISTEN.PERIOD}',
         'parts': [('max', 'LISTEN', '{$TCP.LISTEN.PERIOD}', '<', '{$TCP.LISTEN.MIN}')],
         'priority': 'HIGH',
+        'scope': 'availability',
+        'depends_on': ['nodata'],
         'description': 'The services expected to listen on this host are gone. Set {$TCP.LISTEN.MIN} on the '
                        'host to the number of listening sockets it must have (ss -Htln | wc -l when healthy).',
     },
-    {
-        'id': 'nodata',
-        'name': 'TCP state counter sends no data for {$TCP.STATUS.NODATA} (script broken or item unsupported)',
-        'parts': [('nodata', None, '{$TCP.STATUS.NODATA}', '=', '1')],
-        'priority': 'AVERAGE',
-        'description': 'The item ' + MASTER_KEY + ' got no valid value: the agent lost its UserParameter, '
-                       'the script fails (see the item\'s error: the script\'s own message), or the agent is '
-                       'down. Test on the host: zabbix_agentd -t ' + MASTER_KEY + '; from the server: '
-                       'zabbix_get -s HOST -k ' + MASTER_KEY + '. On servers before 5.4, nodata() does not '
-                       'fire for an unsupported item: watch the item state there.',
-    },
 ]
+TRIGGERS_BY_ID = dict((trigger['id'], trigger) for trigger in TRIGGERS)
+
+# The guidelines this template does not follow, and why (docs/TEMPLATE.md repeats them; the test checks that
+# every rule it cannot find followed is named here).
+GUIDELINES_NOT_FOLLOWED = {
+    'item_keys': 'The state items keep the recipe\'s agent keys tcp.status[STATE] (dependent items would be named '
+                 'freely): items, triggers, graphs and dashboards that users built on tcp.status[ESTABLISHED], '
+                 'tcp.status[TIME_WAIT] and tcp.status[LISTEN] keep working, and linking the template takes over '
+                 'an existing recipe item with its history.',
+    'template_name': 'The technical name stays "TCP connection states" (the visible name follows the guidelines): '
+                     'hosts, the registration role and 3.4-5.x importers find the template by it.',
+    'discard_unchanged': 'No DISCARD_UNCHANGED_HEARTBEAT on the state items: every one is drawn in the stacked '
+                         'graph, and the triggers read min()/max()/avg() over a period, which need values inside '
+                         'the period; a count that stays the same for long is the normal case here, not a sign '
+                         'of a value that rarely changes (the master item, which keeps no history, is the one '
+                         'that saves the database).',
+    'xml_34': 'The 3.4 XML (for 3.4-5.x servers) keeps the first published trigger names, the master\'s one hour '
+              'of history and its nodata() on the master: the format has no event names, no validation steps, '
+              'no error handlers and no tags on items, and its importer matches triggers by name.',
+}
 
 GRAPH_NAME = 'TCP connection states'
 
@@ -210,81 +278,193 @@ def _state_description(state, text):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Zabbix 6.0 YAML
+# Zabbix 6.0 and 7.0 YAML: one model, built in parts
 
 
-def model_60():
-    """The template as the Zabbix 6.0 export structure (plain dicts and lists, all scalars strings)."""
-    master = {
+def _fmt(version):
+    """Trigger expression syntax: 6.0 and later share it."""
+    return '6.0'
+
+
+def _master_item():
+    return {
         'uuid': _uuid('item', MASTER_KEY),
-        'name': 'TCP states: all states (JSON)',
+        'name': 'Get TCP state counts',
         'type': 'ZABBIX_PASSIVE',
         'key': MASTER_KEY,
         'delay': '{$TCP.STATUS.INTERVAL}',
-        'history': '1h',
+        # The guidelines: a master item keeps no history; its dependent items keep the values.
+        'history': '0',
         'trends': '0',
         'value_type': 'TEXT',
         'description': 'All TCP state counts in one agent call, as a JSON object {"ESTABLISHED":n,...}; the '
-                       'dependent items tcp.status[STATE] take their values from it. Kept one hour only.',
+                       'dependent items tcp.status[STATE] take their values from it. Not stored.',
         'preprocessing': [{
             'type': 'CHECK_REGEX_ERROR',
             'parameters': [NOT_JSON_PATTERN, NOT_JSON_OUTPUT],
         }],
-        'tags': [{'tag': 'component', 'value': 'network'}],
+        'tags': [{'tag': 'component', 'value': 'raw'}],
     }
-    items = [master]
-    for state, _, text in STATES:
-        items.append({
-            'uuid': _uuid('item', STATE_KEY.format(state)),
-            'name': 'TCP states: {0}'.format(state),
-            'type': 'DEPENDENT',
-            'key': STATE_KEY.format(state),
-            'delay': '0',
-            'history': '7d',
-            'trends': '365d',
-            'value_type': 'UNSIGNED',
-            'description': _state_description(state, text),
-            'preprocessing': [{'type': 'JSONPATH', 'parameters': ['$.' + state]}],
-            'master_item': {'key': MASTER_KEY},
-            'tags': [{'tag': 'component', 'value': 'network'}],
-        })
-    by_key = dict((item['key'], item) for item in items)
+
+
+def _state_item(state, text):
+    return {
+        'uuid': _uuid('item', STATE_KEY.format(state)),
+        'name': 'TCP sockets in {0}'.format(state),
+        'type': 'DEPENDENT',
+        'key': STATE_KEY.format(state),
+        'delay': '0',
+        'history': '7d',
+        'trends': '365d',
+        'value_type': 'UNSIGNED',
+        'description': _state_description(state, text),
+        'preprocessing': [{
+            'type': 'JSONPATH',
+            'parameters': ['$.' + state],
+            # A JSON object without this state (an older or foreign script) is an error on this item, with
+            # a message that says so, not a value.
+            'error_handler': 'CUSTOM_ERROR',
+            'error_handler_params': 'The counter\'s JSON has no {0}: is the agent\'s tcp_status script older '
+                                    'than the template?'.format(state),
+        }],
+        'master_item': {'key': MASTER_KEY},
+        'tags': [{'tag': 'component', 'value': 'network'}, {'tag': 'component', 'value': 'tcp'}],
+    }
+
+
+def _trigger(trigger, version):
+    out = {
+        'uuid': _uuid('trigger', trigger['id']),
+        'expression': _expr(_fmt(version), trigger['parts']),
+        'name': trigger['name'],
+        'event_name': trigger['event_name'],
+        'priority': trigger['priority'],
+        'description': trigger['description'],
+    }
+    if trigger.get('depends_on'):
+        out['dependencies'] = [{'name': TRIGGERS_BY_ID[dep]['name'],
+                                'expression': _expr(_fmt(version), TRIGGERS_BY_ID[dep]['parts'])}
+                               for dep in trigger['depends_on']]
+    out['tags'] = [{'tag': 'scope', 'value': trigger['scope']}]
+    return out
+
+
+def items(version):
+    """The template's items, each carrying the triggers that read it first (as Zabbix exports them)."""
+    found = [_master_item()] + [_state_item(state, text) for state, _, text in STATES]
+    by_key = dict((item['key'], item) for item in found)
     for trigger in TRIGGERS:
-        owner = by_key[_trigger_items(trigger)[0]]
-        owner.setdefault('triggers', []).append({
-            'uuid': _uuid('trigger', trigger['id']),
-            'expression': _expr('6.0', trigger['parts']),
-            'name': trigger['name'],
-            'priority': trigger['priority'],
-            'description': trigger['description'],
-            'tags': [{'tag': 'scope', 'value': 'availability' if trigger['id'] in ('listen', 'nodata')
-                      else 'performance'}],
-        })
-    return {'zabbix_export': {
-        'version': '6.0',
-        'date': '2026-11-25T00:00:00Z',
-        'groups': [{'uuid': _uuid('group', GROUP), 'name': GROUP}],
-        'templates': [{
-            'uuid': _uuid('template'),
-            'template': TEMPLATE,
-            'name': TEMPLATE,
-            'description': TEMPLATE_DESCRIPTION,
-            'groups': [{'name': GROUP}],
-            'items': items,
-            'tags': [{'tag': 'class', 'value': 'os'}, {'tag': 'target', 'value': 'linux'}],
-            'macros': [{'macro': m, 'value': v, 'description': d} for m, v, d in sorted(MACROS)],
-        }],
-        'graphs': [{
-            'uuid': _uuid('graph', GRAPH_NAME),
-            'name': GRAPH_NAME,
-            'type': 'STACKED',
-            'graph_items': [{
-                'sortorder': str(i),
-                'color': color,
-                'item': {'host': TEMPLATE, 'key': STATE_KEY.format(state)},
-            } for i, (state, color, _) in enumerate(STATES)],
-        }],
-    }}
+        by_key[_trigger_items(trigger)[0]].setdefault('triggers', []).append(_trigger(trigger, version))
+    return found
+
+
+def discovery_rules(version):
+    """Low-level discovery rules (none yet: per-port discovery comes here)."""
+    return []
+
+
+def graphs(version):
+    return [{
+        'uuid': _uuid('graph', GRAPH_NAME),
+        'name': GRAPH_NAME,
+        'type': 'STACKED',
+        'graph_items': [{
+            'sortorder': str(i),
+            'color': color,
+            'item': {'host': TEMPLATE, 'key': STATE_KEY.format(state)},
+        } for i, (state, color, _) in enumerate(STATES)],
+    }]
+
+
+# Widget field types in the order of their numeric codes (6.0 exports fields in that order).
+FIELD_TYPE_ORDER = ['INTEGER', 'STRING', 'HOST_GROUP', 'HOST', 'ITEM', 'ITEM_PROTOTYPE', 'GRAPH', 'GRAPH_PROTOTYPE']
+# Dashboard grid: 7.0 has three times as many columns as 6.0 (72 instead of 24).
+GRID_COLUMNS = {'6.0': 24, '7.0': 72}
+DASHBOARD_NAME = 'TCP connection states'
+# The states the triggers watch, shown as their latest values next to the graph.
+WATCHED_STATES = ['ESTABLISHED', 'TIME_WAIT', 'CLOSE_WAIT', 'SYN_RECV', 'LISTEN']
+
+
+def _field(version, kind, name, value, index=None):
+    # 7.0 numbers repeated fields (itemids.0, itemids.1, ...); 6.0 repeats the name.
+    if index is not None and version == '7.0':
+        name = '{0}.{1}'.format(name, index)
+    return {'type': kind, 'name': name, 'value': value}
+
+
+def dashboards(version):
+    """A template dashboard (6.0 and later): the stacked state graph, and the watched states' latest values."""
+    columns = GRID_COLUMNS[version]
+    graph_width = columns * 2 // 3
+    widgets = [
+        {
+            'type': 'GRAPH_CLASSIC',
+            'name': 'TCP connection states',
+            'width': str(graph_width),
+            'height': '8',
+            'fields': [
+                _field(version, 'INTEGER', 'source_type', '0'),
+                _field(version, 'GRAPH', 'graphid', {'host': TEMPLATE, 'name': GRAPH_NAME}, 0),
+            ],
+        },
+        {
+            'type': 'PLAIN_TEXT',
+            'name': 'Watched states (latest values)',
+            'x': str(graph_width),
+            'width': str(columns - graph_width),
+            'height': '8',
+            'fields': [_field(version, 'ITEM', 'itemids', {'host': TEMPLATE, 'key': STATE_KEY.format(state)}, i)
+                       for i, state in enumerate(WATCHED_STATES)]
+            + [_field(version, 'INTEGER', 'show_lines', '1')],
+        },
+    ]
+    widgets.extend(_per_port_widgets(version))
+    for widget in widgets:
+        # Zabbix exports (and compares) a widget's fields in its own order: 6.0 by field type (integers before
+        # items and graphs), 7.0 by name.
+        widget['fields'].sort(key=(lambda field: field['name']) if version == '7.0' else
+                              (lambda field: FIELD_TYPE_ORDER.index(field['type'])))
+    return [{
+        'uuid': _uuid('dashboard', DASHBOARD_NAME),
+        'name': DASHBOARD_NAME,
+        'pages': [{'widgets': widgets}],
+    }]
+
+
+def _per_port_widgets(version):
+    """Graph prototype widgets of per-port discovery (none yet)."""
+    return []
+
+
+def model(version):
+    """The template as Zabbix's export structure for version '6.0' or '7.0' (plain dicts and lists, all scalars
+    strings)."""
+    template = {
+        'uuid': _uuid('template'),
+        'template': TEMPLATE,
+        'name': VISIBLE_NAME,
+        'description': TEMPLATE_DESCRIPTION,
+        'groups': [{'name': GROUP}],
+        'items': items(version),
+    }
+    rules = discovery_rules(version)
+    if rules:
+        template['discovery_rules'] = rules
+    template['tags'] = [{'tag': 'class', 'value': 'os'}, {'tag': 'target', 'value': 'linux'}]
+    template['macros'] = [{'macro': m, 'value': v, 'description': d} for m, v, d in sorted(MACROS)]
+    template['dashboards'] = dashboards(version)
+    export = {'version': version}
+    if version == '6.0':
+        export['date'] = '2026-11-25T00:00:00Z'
+    # 6.2 split template groups from host groups.
+    export['template_groups' if version == '7.0' else 'groups'] = [{'uuid': _uuid('group', GROUP), 'name': GROUP}]
+    export['templates'] = [template]
+    export['graphs'] = graphs(version)
+    return {'zabbix_export': export}
+
+
+def model_60():
+    return model('6.0')
 
 
 # Zabbix leaves a field out of its export when it has the default value, and configuration.importcompare
@@ -292,6 +472,7 @@ def model_60():
 ITEM_DEFAULTS = {'type': 'ZABBIX_PASSIVE', 'value_type': 'UNSIGNED', 'trends': '365d', 'history': '90d',
                  'delay': '1m'}
 GRAPH_ITEM_DEFAULTS = {'sortorder': '0'}
+WIDGET_DEFAULTS = {'x': '0', 'y': '0'}
 
 
 def _drop_defaults(export):
@@ -300,6 +481,12 @@ def _drop_defaults(export):
             for key, value in ITEM_DEFAULTS.items():
                 if item.get(key) == value:
                     del item[key]
+        for dashboard in template.get('dashboards', []):
+            for page in dashboard['pages']:
+                for widget in page['widgets']:
+                    for key, value in WIDGET_DEFAULTS.items():
+                        if widget.get(key) == value:
+                            del widget[key]
     for graph in export['zabbix_export']['graphs']:
         for graph_item in graph['graph_items']:
             for key, value in GRAPH_ITEM_DEFAULTS.items():
@@ -338,12 +525,14 @@ def _yaml_lines(node, indent):
     return lines
 
 
-def render_yaml():
+def render_yaml(version='6.0'):
+    where = {'6.0': 'Zabbix 6.0 to 6.4 (7.0 and later: template_tcp_status_7.0.yaml)',
+             '7.0': 'Zabbix 7.0 or later'}[version]
     head = ['---',
-            '# Generated by zabbix/build_templates.py from one description shared with the 3.4 XML: edit that',
-            '# script, not this file. Import: Data collection > Templates > Import (Zabbix 6.0 or later).',
+            '# Generated by zabbix/build_templates.py from one description shared with the other formats: edit',
+            '# that script, not this file. Import: Data collection > Templates > Import, ' + where + '.',
             '# yamllint disable rule:line-length']
-    return '\n'.join(head + _yaml_lines(_drop_defaults(model_60()), 0)) + '\n'
+    return '\n'.join(head + _yaml_lines(_drop_defaults(model(version)), 0)) + '\n'
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -409,7 +598,7 @@ def render_xml():
     _sub(_sub(_sub(root, 'groups'), 'group'), 'name', GROUP)
     template = _sub(_sub(root, 'templates'), 'template')
     _sub(template, 'template', TEMPLATE)
-    _sub(template, 'name', TEMPLATE)
+    _sub(template, 'name', VISIBLE_NAME)
     _sub(template, 'description', TEMPLATE_DESCRIPTION)
     _sub(template, 'templates')
     _sub(_sub(_sub(template, 'groups'), 'group'), 'name', GROUP)
@@ -435,10 +624,10 @@ def render_xml():
     triggers = _sub(root, 'triggers')
     for trigger in TRIGGERS:
         el = _sub(triggers, 'trigger')
-        _sub(el, 'expression', _expr('3.4', trigger['parts']))
+        _sub(el, 'expression', _expr('3.4', trigger.get('parts_34', trigger['parts'])))
         _sub(el, 'recovery_mode', '0')
         _sub(el, 'recovery_expression')
-        _sub(el, 'name', trigger['name'])
+        _sub(el, 'name', trigger['name_34'])
         _sub(el, 'correlation_mode', '0')
         _sub(el, 'correlation_tag')
         _sub(el, 'url')
@@ -447,8 +636,16 @@ def render_xml():
         _sub(el, 'description', trigger['description'])
         _sub(el, 'type', '0')
         _sub(el, 'manual_close', '0')
-        _sub(el, 'dependencies')
-        _sub(el, 'tags')
+        deps = _sub(el, 'dependencies')
+        for dep_id in trigger.get('depends_on', []):
+            dep = TRIGGERS_BY_ID[dep_id]
+            dep_el = _sub(deps, 'dependency')
+            _sub(dep_el, 'name', dep['name_34'])
+            _sub(dep_el, 'expression', _expr('3.4', dep.get('parts_34', dep['parts'])))
+            _sub(dep_el, 'recovery_expression')
+        tag = _sub(_sub(el, 'tags'), 'tag')
+        _sub(tag, 'tag', 'scope')
+        _sub(tag, 'value', trigger['scope'])
     graph = _sub(_sub(root, 'graphs'), 'graph')
     for tag, text in (('name', GRAPH_NAME), ('width', '900'), ('height', '200'), ('yaxismin', '0.0000'),
                       ('yaxismax', '100.0000'), ('show_work_period', '1'), ('show_triggers', '1'),
@@ -473,7 +670,7 @@ def render_xml():
 
 
 def outputs():
-    return {YAML_FILE: render_yaml(), XML_FILE: render_xml()}
+    return {YAML_FILE: render_yaml('6.0'), YAML_70_FILE: render_yaml('7.0'), XML_FILE: render_xml()}
 
 
 def main(argv=None):
