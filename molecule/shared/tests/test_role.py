@@ -1,23 +1,26 @@
 """Verify a host converged by the role: files, the agent, and real zabbix_get answers held to what `ss` counts.
 
+The keys come from the role's item table (zabbix/role_items.py), the states and the ss parser from the tests' one
+ss oracle (tests/ss_oracle.py); both are on PYTHONPATH through the verifier's env in molecule/*/molecule.yml.
+
 Also the check step: molecule/shared/snapshot_before_check.yml (the side_effect step) recorded the host's state
 just before `check`; test_check_mode_changed_nothing compares the host with it.
 """
 import json
 import os
 import re
-import sys
 
 import pytest
+from ss_oracle import STATES, parse_ss, state_counts
+from zabbix import role_items
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The tests' one ss oracle (tests/ss_oracle.py): its state map and parser, fed with what `host` ran.
-sys.path.insert(0, os.path.join(HERE, '..', '..', '..', 'tests'))
-from ss_oracle import SS_STATES, parse_ss, state_counts  # noqa: E402
-
-STATES = ['ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT',
-          'LAST_ACK', 'LISTEN', 'CLOSING']
-assert sorted(STATES) == sorted(SS_STATES.values())
+# The role's item table with its defaults (converge.yml sets only the agent flavour): one row per key.
+ITEMS = role_items.items()
+COUNT_KEY = role_items.item('count')['key']
+STATES_KEY = role_items.item('states')['key']
+# Every key the role itself asks after a change, with the kind of answer it must give.
+CHECKS = [(check, row['answer']) for row in ITEMS for check in row['checks']]
 FLAVOURS = {
     'agent': {'config': '/etc/zabbix/zabbix_agentd.conf', 'dir': '/etc/zabbix/zabbix_agentd.conf.d',
               'process': 'zabbix_agentd'},
@@ -112,12 +115,19 @@ def test_script_is_root_owned_and_not_writable_by_zabbix(host):
     assert re.match(r'^#!/usr/bin/python[23]? -S$', shebang), shebang
 
 
+def userparameter_line(row):
+    """The line the table's row must give: the key, the script with the row's fixed arguments, then one single-quoted
+    $N per parameter (even under UnsafeUserParameters=1 a key parameter cannot run $(...) or backticks)."""
+    words = [SCRIPT] + row['command'] + ["'$%d'" % (n + 1) for n in range(len(row['params']))]
+    return 'UserParameter=%s[*],%s' % (row['key'], ' '.join(words))
+
+
 def test_userparameters_in_their_own_file(host, flavour):
     conf = host.file(flavour['dir'] + '/userparameter_tcp_status.conf')
     assert conf.user == 'root' and conf.mode == 0o644
-    # Single quotes: even under UnsafeUserParameters=1 a key parameter cannot run $(...) or backticks.
-    assert conf.contains(r"^UserParameter=tcp.status\[\*\],%s '\$1' '\$2' '\$3' '\$4'$" % SCRIPT)
-    assert conf.contains(r"^UserParameter=tcp.status.json\[\*\],%s all '\$1' '\$2' '\$3'$" % SCRIPT)
+    lines = [line for line in conf.content_string.splitlines() if line.startswith('UserParameter=')]
+    assert lines == [userparameter_line(row) for row in ITEMS]
+    assert "UserParameter=tcp.status[*],%s '$1' '$2' '$3' '$4'" % SCRIPT in lines, 'the recipe\'s key, as it was'
 
 
 def test_recipe_line_commented_out_and_backed_up_outside_the_agents_files(host, flavour):
@@ -143,13 +153,16 @@ def test_agent_runs_and_listens(host, flavour):
     assert any(host.socket(addr).is_listening for addr in ('tcp://0.0.0.0:10050', 'tcp://:::10050'))
 
 
-@pytest.mark.parametrize('state', ['ESTABLISHED', 'TIME_WAIT', 'LISTEN'])
-def test_seed_keys_answer_counts_that_match_ss(host, state):
-    windowed(host, 'tcp.status[%s]' % state, read_count(state), state_counts)
-
-
-def test_json_key_answers_every_state_as_ss_counts_it(host):
-    windowed(host, 'tcp.status.json', read_json, state_counts)
+@pytest.mark.parametrize('key, answer', CHECKS, ids=[key for key, _answer in CHECKS])
+def test_checked_keys_answer_what_ss_counts(host, key, answer):
+    """The keys the role's verify asks (the recipe's three seed keys, the JSON key), held to the ss window."""
+    if answer == 'count':
+        state = re.match(r'^[^[]+\[([A-Z_]+)\]$', key).group(1)
+        assert state in STATES, key
+        windowed(host, key, read_count(state), state_counts)
+    else:
+        assert answer == 'states', (key, answer)
+        windowed(host, key, read_json, state_counts)
 
 
 def by_local_port(ports):
@@ -158,27 +171,28 @@ def by_local_port(ports):
 
 def test_port_filter_through_the_agent(host):
     # The agent's listeners: exactly as many as ss lists on port 10050 (nothing else churns there).
-    listen = windowed(host, 'tcp.status[LISTEN,10050]', read_count('LISTEN'), by_local_port({10050}))
+    listen = windowed(host, COUNT_KEY + '[LISTEN,10050]', read_count('LISTEN'), by_local_port({10050}))
     assert listen['LISTEN'] >= 1
-    windowed(host, 'tcp.status[LISTEN,1]', read_count('LISTEN'), by_local_port({1}))
-    windowed(host, 'tcp.status[listening,"10050,1-5"]', read_count('LISTEN'), by_local_port({10050, 1, 2, 3, 4, 5}))
+    windowed(host, COUNT_KEY + '[LISTEN,1]', read_count('LISTEN'), by_local_port({1}))
+    windowed(host, COUNT_KEY + '[listening,"10050,1-5"]', read_count('LISTEN'), by_local_port({10050, 1, 2, 3, 4, 5}))
     # While the agent counts, the query's own connection is ESTABLISHED on local port 10050 (the agent's end):
     # a filter that ignored the port, or an answer of 0, fails here.
-    mine = windowed(host, 'tcp.status[ESTABLISHED,10050]', read_count('ESTABLISHED'), by_local_port({10050}),
+    mine = windowed(host, COUNT_KEY + '[ESTABLISHED,10050]', read_count('ESTABLISHED'), by_local_port({10050}),
                     own={'ESTABLISHED': 1, 'TIME_WAIT': 1})
     assert mine['ESTABLISHED'] >= 1
-    windowed(host, 'tcp.status.json[10050]', read_json, by_local_port({10050}), own={'ESTABLISHED': 1, 'TIME_WAIT': 1})
+    windowed(host, STATES_KEY + '[10050]', read_json, by_local_port({10050}), own={'ESTABLISHED': 1, 'TIME_WAIT': 1})
 
 
-@pytest.mark.parametrize('key, message', [
-    ('tcp.status[FOO]', "unknown TCP state 'FOO'"),
-    ('tcp.status[]', 'missing STATE'),
-    ('tcp.status[LISTEN,http]', "bad port 'http'"),
-    ('tcp.status[LISTEN,,,ipv5]', "unknown address family 'ipv5'"),
-    ('tcp.status[ESTABLISHED;id]', 'ZBX_NOTSUPPORTED'),
-    ('tcp.status.json[a]', "bad port 'a'"),
+@pytest.mark.parametrize('key, params, message', [
+    (COUNT_KEY, 'FOO', "unknown TCP state 'FOO'"),
+    (COUNT_KEY, '', 'missing STATE'),
+    (COUNT_KEY, 'LISTEN,http', "bad port 'http'"),
+    (COUNT_KEY, 'LISTEN,,,ipv5', "unknown address family 'ipv5'"),
+    (COUNT_KEY, 'ESTABLISHED;id', 'ZBX_NOTSUPPORTED'),
+    (STATES_KEY, 'a', "bad port 'a'"),
 ])
-def test_bad_keys_never_answer_a_number(host, key, message):
+def test_bad_keys_never_answer_a_number(host, key, params, message):
+    key = '%s[%s]' % (key, params)
     value = zabbix_get(host, key)
     assert message in value
     assert not re.match(r'^\d+$', value)
