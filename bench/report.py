@@ -154,7 +154,8 @@ def write_markdown(results, path, png_path, json_path):
                                                                    entry['loadavg_end'][0]))
     add('How the run was made: one run, every size in a row, on a {0}-core VM that other jobs (other '
         'engineers\' test suites, linters, ansible runs) were using at the same time; load average (1 min) at '
-        'the start/end of each size: {1}. {2}The targets are ratios between methods measured in the same '
+        'the start/end of each size (at the start of the large sizes it includes the load generator\'s own '
+        'build, ~50 worker processes at 1M): {1}. {2}The targets are ratios between methods measured in the same '
         'round robin, so that background load falls on every method alike; medians are what to read, single '
         'calls vary (see the min-max ranges).'.format(
             machine['nproc'], ', '.join(
