@@ -2,7 +2,9 @@
 """The counter's scale paths (issue 13) against ss, on real loopback sockets, under 2.7, 3.6 and the agent's python3.
 
 * the counters backend (ESTABLISHED from sockstat inuse, the other states from a dump without ESTABLISHED,
-  cross-checked against snmp CurrEstab) equals the full dump and ss, per family, with nothing changing;
+  cross-checked against snmp CurrEstab) equals the full dump and ss, per family, with nothing changing, on a
+  scene with what inuse leaves out: TIME_WAIT, an orphaned FIN_WAIT2 (a TIME_WAIT-kind socket) and half-open
+  request sockets (SYN_RECV, from raw SYNs);
 * the cross-check accepts CurrEstab under either meaning (ESTABLISHED, or ESTABLISHED + CLOSE_WAIT) and fails on
   counters that are off by a few sockets: auto then answers with the full dump, exactly, and says why;
 * the port filter run by the kernel (INET_DIAG_REQ_BYTECODE, no Python re-check) returns exactly the sockets ss
@@ -19,6 +21,8 @@ kernel release in the one test of the pre-4.4 refusal (this machine runs 6.x).
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 
@@ -118,6 +122,37 @@ def _sockstat_inuse_plus(extra):
     return edit
 
 
+def _checksum(data):
+    if len(data) % 2:
+        data += b'\0'
+    total = sum(struct.unpack('!{0}H'.format(len(data) // 2), data))
+    total = (total >> 16) + (total & 0xffff)
+    total += total >> 16
+    return ~total & 0xffff
+
+
+def half_open(port, count):
+    """``count`` half-open request sockets (SYN_RECV, not in sockstat's inuse) on our 127.0.0.1 listener: raw SYNs
+    from 10.9.0.x, whose SYN-ACKs the namespace routes to lo and nobody answers (no RST either)."""
+    subprocess.check_call(['ip', 'route', 'add', '10.9.0.0/16', 'dev', 'lo'])
+    for name in ('all', 'lo', 'default'):
+        subprocess.check_call(['sysctl', '-qw', 'net.ipv4.conf.{0}.rp_filter=0'.format(name)])
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        for index in range(count):
+            source = socket.inet_aton('10.9.0.{0}'.format(index + 1))
+            target = socket.inet_aton('127.0.0.1')
+            tcp = struct.pack('!HHIIBBHHH', 40000 + index, port, 1000 + index, 0, 5 << 4, 0x02, 65535, 0, 0)
+            pseudo = source + target + struct.pack('!BBH', 0, socket.IPPROTO_TCP, len(tcp))
+            tcp = tcp[:16] + struct.pack('!H', _checksum(pseudo + tcp)) + tcp[18:]
+            ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), index, 0, 64, socket.IPPROTO_TCP, 0,
+                             source, target)
+            ip = ip[:10] + struct.pack('!H', _checksum(ip)) + ip[12:]
+            raw.sendto(ip + tcp, ('127.0.0.1', 0))
+    finally:
+        raw.close()
+
+
 def build_scene(farm):
     """Known sockets on the namespace's loopback; the ports of its listeners."""
     v4 = farm.listener('ipv4')
@@ -145,6 +180,7 @@ def build_scene(farm):
     conn.close()
     server.settimeout(5)
     assert server.recv(1) == b''
+    half_open(v4, 5)
     return {'v4': v4, 'v6': v6, 'dual': dual, 'other': other}
 
 
@@ -298,6 +334,7 @@ def test_counters_equal_the_full_dump_and_ss(interpreter):
     # The scene has what the derivation must handle: v4-mapped sockets, full and orphaned FIN_WAIT2, TIME_WAIT.
     assert counts['ESTABLISHED'] == 2 * (6 + 4 + 3 + 2 + 5) and counts['FIN_WAIT2'] == 3, counts
     assert counts['CLOSE_WAIT'] == 3 and counts['TIME_WAIT'] == 2 and counts['LISTEN'] == 4, counts
+    assert counts['SYN_RECV'] == 5, counts  # half-open request sockets: in the dump, not in inuse
     # This kernel counts CLOSE_WAIT in CurrEstab (6.x): the check saw that meaning.
     check = results['auto all']['check']
     assert check['derived'] == counts['ESTABLISHED'] and check['curr_estab'] in (
