@@ -270,6 +270,23 @@ def write_markdown(results, path, png_path, json_path):
                                           _fmt_ms(entry['python_start']['max'])) for entry in sizes)))
     add('')
 
+    if results.get('startup'):
+        add('## Start-up by interpreter, ms (median, before the load: an empty namespace)')
+        add('')
+        add('What the counter imported before this change (the Python wrappers `socket` and `struct`, and `os`) '
+            'against what it imports now (the C modules under them), and one whole call of the script '
+            '(`python -S tcp_status.py LISTEN`: interpreter start, compiling the script, which a script run as '
+            '`__main__` does on every call, imports, one tiny dump).')
+        add('')
+        add('| interpreter | `-S -c pass` | `import errno, os, socket, struct, time` | '
+            '`import _socket, _struct, errno, time` | the script, one call |')
+        add('|---|---|---|---|---|')
+        for name, item in sorted(results['startup'].items()):
+            timings = item['timings']
+            add('| {0} (`{1}`) | {2} |'.format(name, item['path'], ' | '.join(
+                _fmt_ms(timings[label]['median']) for label in ('bare', 'old_imports', 'new_imports', 'script'))))
+        add('')
+
     with_interval = [entry for entry in sizes if entry['interval']]
     if with_interval:
         add('## Cost per monitoring interval: all 11 states, via zabbix_get, ms')

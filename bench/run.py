@@ -39,6 +39,7 @@ import tcp_status_counter as counter  # the one counter: its names, JSON and cou
 from bench.agent import AGENT_TIMEOUT, PrivateAgent
 from bench.churn import Churn
 from bench.loadgen import hold_sockets
+from tests.interpreters import find_interpreters
 from zabbix import role_items
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -468,6 +469,36 @@ def measure_size(total, repeats, interval_repeats, memory_runs, agent, methods, 
     return entry
 
 
+# Start-up by interpreter (issue 13, item 3): what the counter imported before (the Python wrappers socket and
+# struct, and os) against what it imports now (the C modules under them), and the script itself on an empty
+# namespace (a call that is all start-up: interpreter, compiling the script, imports, one tiny dump).
+STARTUP_INTERPRETERS = ('2.7', '3.6', 'agent')
+STARTUP_COMMANDS = (
+    ('bare', ['-S', '-c', 'pass']),
+    ('old_imports', ['-S', '-c', 'import errno, os, socket, struct, time']),
+    ('new_imports', ['-S', '-c', 'import _socket, _struct, errno, time']),
+    ('script', ['-S', '{script}', 'LISTEN']),
+)
+
+
+def measure_startup(script, repeats):
+    """{interpreter name: {command: timing}}, every command of every interpreter in one round robin."""
+    interpreters = find_interpreters(STARTUP_INTERPRETERS)
+    runs = [(name, label, [path] + [part.format(script=script) for part in argv])
+            for name, path in sorted(interpreters.items()) for label, argv in STARTUP_COMMANDS]
+    samples = {}
+    for _argv in runs:
+        run_timed(_argv[2])
+    for _rep in range(repeats):
+        for name, label, argv in runs:
+            elapsed, text, _usage = run_timed(argv)
+            if label == 'script' and not text.strip().isdigit():
+                raise BenchError('{0} answered {1!r}'.format(' '.join(argv), text[:200]))
+            samples.setdefault(name, {}).setdefault(label, []).append(elapsed)
+    return dict((name, {'path': interpreters[name], 'timings': dict(
+        (label, timing_stats(values)) for label, values in by_label.items())}) for name, by_label in samples.items())
+
+
 def _median(entry, method_id, route):
     timing = entry['timings'].get(method_id, {}).get(route)
     return None if timing is None else timing['median']
@@ -608,6 +639,11 @@ def main(argv=None):
         }
         memory_runs = 1 if args.smoke else 3
         results['python_start_rss_kib'] = max_rss_kib(PYTHON_START, memory_runs)
+        if not args.smoke:
+            results['startup'] = measure_startup(script, 30)
+            log('start-up: {0}'.format(', '.join('{0} script {1:.1f} ms'.format(
+                name, item['timings']['script']['median'] * 1000) for name, item in sorted(
+                    results['startup'].items()))))
         results['memory_runs'] = memory_runs
         with PrivateAgent(args.agent_port, userparameters, role_conf) as agent:
             log('private zabbix_agentd on 127.0.0.1:{0} (config {1})'.format(args.agent_port, agent.config_path))
