@@ -381,44 +381,51 @@ FIELD_TYPE_ORDER = ['INTEGER', 'STRING', 'HOST_GROUP', 'HOST', 'ITEM', 'ITEM_PRO
 # Dashboard grid: 7.0 has three times as many columns as 6.0 (72 instead of 24).
 GRID_COLUMNS = {'6.0': 24, '7.0': 72}
 DASHBOARD_NAME = 'TCP connection states'
-# The states the triggers watch, shown as their latest values next to the graph.
+# The states the triggers watch, shown as their latest values next to the graph (the widget shows as many
+# lines as there are states: the latest value of each, since one agent call gives them all the same clock).
 WATCHED_STATES = ['ESTABLISHED', 'TIME_WAIT', 'CLOSE_WAIT', 'SYN_RECV', 'LISTEN']
 
 
-def _field(version, kind, name, value, index=None):
-    # 7.0 numbers repeated fields (itemids.0, itemids.1, ...); 6.0 repeats the name.
-    if index is not None and version == '7.0':
-        name = '{0}.{1}'.format(name, index)
+def _field(kind, name, value):
     return {'type': kind, 'name': name, 'value': value}
+
+
+def _widgets_60(columns):
+    """6.0: a classic graph widget and a plain text widget (latest values)."""
+    graph_width = columns * 2 // 3
+    return [
+        {'type': 'GRAPH_CLASSIC', 'name': DASHBOARD_NAME, 'width': str(graph_width), 'height': '11',
+         'fields': [_field('INTEGER', 'source_type', '0'),
+                    _field('GRAPH', 'graphid', {'host': TEMPLATE, 'name': GRAPH_NAME})]},
+        {'type': 'PLAIN_TEXT', 'name': 'Watched states (latest values)', 'x': str(graph_width),
+         'width': str(columns - graph_width), 'height': '11',
+         'fields': [_field('INTEGER', 'show_lines', str(len(WATCHED_STATES)))]
+         + [_field('ITEM', 'itemids', {'host': TEMPLATE, 'key': STATE_KEY.format(state)}) for state in WATCHED_STATES]},
+    ]
+
+
+def _widgets_70(columns):
+    """7.0: widgets are modules ("graph", "itemhistory", the types 7.0's own converter gives the 6.0 ones), each
+    with a reference; repeated fields are numbered."""
+    graph_width = columns * 2 // 3
+    history = [_field('INTEGER', 'show_lines', str(len(WATCHED_STATES))), _field('STRING', 'reference', 'AAAAB')]
+    for i, state in enumerate(WATCHED_STATES):
+        history.append(_field('ITEM', 'columns.{0}.itemid'.format(i),
+                              {'host': TEMPLATE, 'key': STATE_KEY.format(state)}))
+        history.append(_field('STRING', 'columns.{0}.name'.format(i), state))
+    return [
+        {'type': 'graph', 'name': DASHBOARD_NAME, 'width': str(graph_width), 'height': '11',
+         'fields': [_field('GRAPH', 'graphid', {'host': TEMPLATE, 'name': GRAPH_NAME}),
+                    _field('STRING', 'reference', 'AAAAA'), _field('INTEGER', 'source_type', '0')]},
+        {'type': 'itemhistory', 'name': 'Watched states (latest values)', 'x': str(graph_width),
+         'width': str(columns - graph_width), 'height': '11', 'fields': history},
+    ]
 
 
 def dashboards(version):
     """A template dashboard (6.0 and later): the stacked state graph, and the watched states' latest values."""
     columns = GRID_COLUMNS[version]
-    graph_width = columns * 2 // 3
-    widgets = [
-        {
-            'type': 'GRAPH_CLASSIC',
-            'name': 'TCP connection states',
-            'width': str(graph_width),
-            'height': '8',
-            'fields': [
-                _field(version, 'INTEGER', 'source_type', '0'),
-                _field(version, 'GRAPH', 'graphid', {'host': TEMPLATE, 'name': GRAPH_NAME}, 0),
-            ],
-        },
-        {
-            'type': 'PLAIN_TEXT',
-            'name': 'Watched states (latest values)',
-            'x': str(graph_width),
-            'width': str(columns - graph_width),
-            'height': '8',
-            'fields': [_field(version, 'ITEM', 'itemids', {'host': TEMPLATE, 'key': STATE_KEY.format(state)}, i)
-                       for i, state in enumerate(WATCHED_STATES)]
-            + [_field(version, 'INTEGER', 'show_lines', '1')],
-        },
-    ]
-    widgets.extend(_per_port_widgets(version))
+    widgets = (_widgets_70 if version == '7.0' else _widgets_60)(columns) + _per_port_widgets(version)
     for widget in widgets:
         # Zabbix exports (and compares) a widget's fields in its own order: 6.0 by field type (integers before
         # items and graphs), 7.0 by name.

@@ -27,7 +27,9 @@ import tempfile
 import threading
 import time
 
-from urllib.request import Request, urlopen
+from http.cookiejar import CookieJar
+from urllib.parse import urlencode
+from urllib.request import HTTPCookieProcessor, Request, build_opener, urlopen
 
 import server_images
 
@@ -43,6 +45,8 @@ VERSIONS = {
     '7.0': {'suite': 'trixie', 'pg_port': 5470, 'server_port': 10170, 'api_port': 8170},
 }
 AGENT_PORTS = range(10060, 10070)
+# The server whose frontend renders the pictures (its image has Debian's chromium: server_images.EXTRA_PACKAGES).
+PICTURES_VERSION = '7.0'
 DB_PASSWORD = 'zts-e2e-only'
 
 
@@ -268,6 +272,48 @@ class Lab(object):
 
     def server_log(self):
         return _tail(self.share('zabbix_server.log'), 100000)
+
+    # -- the frontend as a user sees it -----------------------------------------------------------------
+    def frontend_opener(self, user='Admin', password='zabbix'):
+        """A urllib opener logged in to the frontend (the login form; its session cookie), for chart2.php."""
+        jar = CookieJar()
+        opener = build_opener(HTTPCookieProcessor(jar))
+        form = urlencode({'name': user, 'password': password, 'autologin': '1', 'enter': 'Sign in'}).encode()
+        with opener.open(self.url + 'index.php', data=form, timeout=60) as resp:
+            landed = resp.geturl()
+        # Signed in, the form sends the browser on to the dashboard; refused, it shows the form again.
+        if 'dashboard' not in landed or not any(c.name.startswith('zbx_session') for c in jar):
+            raise LabError('frontend login as {0} failed on {1} (landed on {2})'.format(user, self.version, landed))
+        return opener
+
+    def run_inside(self, argv, timeout=120):
+        """Run a command in the server's root filesystem, mount and PID namespaces (e.g. its chromium)."""
+        unshare = self.procs['server'].pid
+        with open('/proc/{0}/task/{0}/children'.format(unshare)) as handle:
+            pid1 = int(handle.read().split()[0])
+        return subprocess.run(['nsenter', '--target', str(pid1), '--mount', '--pid', '--', 'chroot',
+                               self.path('root'), '/usr/bin/env', '-i',
+                               'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+                               'HOME=/tmp', 'LANG=C.UTF-8'] + list(argv),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                              timeout=timeout)
+
+    def screenshot(self, page, name, width=1400, height=900, wait_ms=15000, user='Admin', password='zabbix'):
+        """A PNG of a frontend page (e.g. 'zabbix.php?action=...') as Debian's headless chromium renders it for a
+        user; returns its path (in the lab's share directory). The browser signs in through the login form's
+        own fields in the URL, which then sends it on to the page (index.php's `request`)."""
+        url = self.url + 'index.php?' + urlencode({'enter': 'Sign in', 'name': user, 'password': password,
+                                                   'request': page})
+        proc = self.run_inside(['chromium', '--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars',
+                                '--no-first-run', '--disable-dev-shm-usage',
+                                '--window-size={0},{1}'.format(width, height),
+                                '--virtual-time-budget={0}'.format(wait_ms),
+                                '--screenshot=/zts/{0}'.format(name), url], timeout=180)
+        path = self.share(name)
+        if proc.returncode != 0 or not os.path.exists(path):
+            raise LabError('chromium --screenshot {0} failed ({1}):\n{2}'.format(page, proc.returncode,
+                                                                               proc.stdout[-3000:]))
+        return path
 
     # -- stop --------------------------------------------------------------------------------------------
     def stop(self):

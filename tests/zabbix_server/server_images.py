@@ -28,11 +28,15 @@ MIRROR = os.environ.get('ZTS_MIRROR', 'http://deb.debian.org/debian')
 # The Zabbix server versions Debian's suites carry (checked with apt in each suite's root).
 SUITES = {'bullseye': '5.0', 'bookworm': '6.0', 'trixie': '7.0'}
 # php-cli: the frontend is served by PHP's built-in web server (php -S); php-pgsql: its database driver;
-# php-gd: the frontend's charts (chart2.php); fonts-dejavu-core: their text.
+# php-gd: the frontend's charts (chart2.php); fonts-dejavu-core: their text; locales: the frontend refuses to
+# draw anything without its users' locale (en_US.UTF-8, generated at build).
 PACKAGES = ['postgresql', 'zabbix-server-pgsql', 'zabbix-frontend-php', 'php-pgsql', 'php-cli', 'php-gd',
-            'fonts-dejavu-core']
+            'fonts-dejavu-core', 'locales']
+# Only in the image the pictures are taken in (lab.PICTURES_VERSION): Debian's headless Chromium renders the
+# frontend's dashboard page.
+EXTRA_PACKAGES = {'trixie': ['chromium', 'fonts-liberation']}
 # Bump when the way images are built changes (not only what goes in them).
-BUILD_RECIPE = 1
+BUILD_RECIPE = 2
 
 
 class ImageError(Exception):
@@ -47,8 +51,12 @@ def image_path(suite):
     return os.path.join(IMAGES_DIR, image_name(suite))
 
 
+def packages(suite):
+    return PACKAGES + EXTRA_PACKAGES.get(suite, [])
+
+
 def image_key(suite):
-    return {'suite': suite, 'packages': PACKAGES, 'recipe': BUILD_RECIPE}
+    return {'suite': suite, 'packages': packages(suite), 'recipe': BUILD_RECIPE}
 
 
 def image_info(suite):
@@ -102,10 +110,12 @@ def build(suite, log=lambda msg: None):
         with open(os.path.join(work, 'usr', 'sbin', 'policy-rc.d'), 'w') as handle:
             handle.write('#!/bin/sh\nexit 101\n')
         os.chmod(os.path.join(work, 'usr', 'sbin', 'policy-rc.d'), 0o755)
-        log('{0}: apt-get install {1}'.format(suite, ' '.join(PACKAGES)))
+        log('{0}: apt-get install {1}'.format(suite, ' '.join(packages(suite))))
         chroot_run(work, 'apt-get -q update >/dev/null; '
                          'apt-get -q -y install --no-install-recommends {0} >/dev/null; '
-                         'apt-get clean; rm -rf /var/lib/apt/lists/*'.format(' '.join(PACKAGES)))
+                         'apt-get clean; rm -rf /var/lib/apt/lists/*; '
+                         "sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen; "
+                         'locale-gen >/dev/null'.format(' '.join(packages(suite))))
         versions = chroot_run(work, "dpkg-query -W -f '${Package} ${Version}\\n' zabbix-server-pgsql "
                                     "zabbix-frontend-php postgresql php-cli")
         info = {'key': image_key(suite), 'image': image_name(suite),

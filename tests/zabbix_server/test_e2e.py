@@ -37,6 +37,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -550,3 +551,129 @@ def test_script_error_makes_master_unsupported_and_nodata_fires(lab, registered)
         return names if trigger_name(lab, 'nodata') in names else None
     names = wait_for('the no-data trigger on the broken host', fired, 150, step=3)
     log('no-data trigger fired {0:.0f}s after the item turned unsupported: {1}'.format(time.time() - start, names))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pictures: the frontend of the real server draws what a user gets, after a few minutes of real values
+
+
+PICTURES = {'graph': 'tcp-connection-states-graph.png', 'dashboard': 'tcp-connection-states-dashboard.png'}
+# ZTS_E2E_PICTURES=docs/pictures copies the rendered PNGs there (to refresh the committed set); by default they
+# stay in the lab's directory and are only checked.
+PICTURES_DIR = os.environ.get('ZTS_E2E_PICTURES', '')
+
+
+class Load(object):
+    """Moves the lines: connections opened and held (ESTABLISHED), closed by this side first (TIME_WAIT), and a
+    leak that accepts connections the peer closes and never closes them (CLOSE_WAIT, growing)."""
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(512)
+        self.address = self.listener.getsockname()
+        self.held = []
+        self.leaked = []
+
+    def _pair(self):
+        client = socket.create_connection(self.address, timeout=5)
+        server = self.listener.accept()[0]
+        return client, server
+
+    def open(self, count):
+        for _ in range(count):
+            self.held.append(self._pair())
+
+    def close_held(self, count):
+        """This side closes first: the client ends in TIME_WAIT for 60 s, the server side is gone."""
+        for _ in range(min(count, len(self.held))):
+            client, server = self.held.pop()
+            client.close()
+            time.sleep(0.001)
+            server.close()
+
+    def churn(self, count):
+        """Short connections, each closed by the client first: TIME_WAIT."""
+        for _ in range(count):
+            client, server = self._pair()
+            client.close()
+            server.close()
+
+    def leak(self, count):
+        """The peer closes, the application never does: CLOSE_WAIT (and the peer's FIN_WAIT2 for a minute)."""
+        for _ in range(count):
+            client, server = self._pair()
+            client.close()
+            self.leaked.append(server)
+
+    def stop(self):
+        for client, server in self.held:
+            client.close()
+            server.close()
+        for server in self.leaked:
+            server.close()
+        self.listener.close()
+
+
+def png_size(path):
+    """(width, height) from a PNG's IHDR; fails on anything that is not a PNG."""
+    with open(path, 'rb') as handle:
+        head = handle.read(24)
+    assert head[:8] == b'\x89PNG\r\n\x1a\n' and head[12:16] == b'IHDR', '{0} is not a PNG'.format(path)
+    return int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+
+
+def test_pictures_of_graph_and_dashboard(lab, registered):
+    """After about three minutes of real values under a load that moves the lines (and fires the CLOSE_WAIT
+    trigger), the frontend draws the state graph (chart2.php, as a logged-in user) and the host's template
+    dashboard (Debian's headless chromium, signed in as well)."""
+    if lab.version != lablib.PICTURES_VERSION:
+        pytest.skip('the pictures are taken on Zabbix {0} (the image with chromium)'.format(lablib.PICTURES_VERSION))
+    api = lab.api
+    hostid = api.call('host.get', {'filter': {'host': GOOD_HOST}, 'output': ['hostid']})[0]['hostid']
+    base = int(host_items(api, GOOD_HOST)['tcp.status[CLOSE_WAIT]']['lastvalue'] or 0)
+    _set_host_macros(api, GOOD_HOST, {'{$TCP.CLOSE_WAIT.MAX}': str(base + 40), '{$TCP.CLOSE_WAIT.PERIOD}': '30s',
+                                      '{$TCP.LISTEN.MIN}': '1'})
+    load = Load()
+    start = time.time()
+    try:
+        # 0-50 s: 80 connections opened and held; 50-100 s: closed 16 at a time, with churn (TIME_WAIT);
+        # 100-170 s: a leak of 12 connections every 5 s (CLOSE_WAIT grows past the lowered threshold).
+        for step in range(34):
+            if step < 10:
+                load.open(8)
+            elif step < 20:
+                load.close_held(8)
+                load.churn(15)
+            else:
+                load.leak(12)
+            time.sleep(max(0, start + 5 * (step + 1) - time.time()))
+        problems = list(_problems(api, GOOD_HOST))
+        log('load ran {0:.0f}s; problems on {1}: {2}'.format(time.time() - start, GOOD_HOST, problems))
+        assert trigger_name(lab, 'close_wait') in problems
+        graphid = api.call('graph.get', {'hostids': hostid, 'filter': {'name': build_templates.GRAPH_NAME},
+                                         'output': ['graphid']})[0]['graphid']
+        opener = lab.frontend_opener()
+        url = lab.url + 'chart2.php?' + '&'.join(['graphid=' + graphid, 'from=now-4m', 'to=now', 'width=900',
+                                                 'height=260', 'profileIdx=web.charts.filter'])
+        graph = lab.share(PICTURES['graph'])
+        with opener.open(url, timeout=60) as resp, open(graph, 'wb') as handle:
+            assert resp.headers.get('Content-Type', '').startswith('image/png'), resp.headers
+            handle.write(resp.read())
+        # Kiosk mode: the dashboard without the frontend's menu and header.
+        dashboard = lab.screenshot('zabbix.php?action=host.dashboard.view&hostid={0}&from=now-4m&to=now&kiosk=1'
+                                   .format(hostid), PICTURES['dashboard'], width=1400, height=830)
+    finally:
+        load.stop()
+    for path in (graph, dashboard):
+        width, height = png_size(path)
+        size = os.path.getsize(path)
+        log('{0}: {1}x{2}, {3} bytes'.format(os.path.basename(path), width, height, size))
+        # Drawn, not an error page or an empty frame: a real chart is wide, tall and far from blank.
+        assert width >= 900 and height >= 250 and 8000 < size < 400000, (path, width, height, size)
+    if PICTURES_DIR:
+        target = os.path.join(REPO, PICTURES_DIR)
+        os.makedirs(target, exist_ok=True)
+        for path in (graph, dashboard):
+            shutil.copy(path, os.path.join(target, os.path.basename(path)))
+        log('pictures copied to {0}'.format(target))

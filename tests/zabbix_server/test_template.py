@@ -496,8 +496,15 @@ def test_dashboard(y, ytemplate):
                 assert field['value']['name'] in graph_names
             if field['type'] == 'ITEM':
                 assert field['value']['host'] == TEMPLATE and field['value']['key'] in keys
-            # 7.0 numbers repeated fields, 6.0 repeats the name.
-            if y['version'] == '7.0' and field['type'] in ('GRAPH', 'ITEM'):
-                assert re.match(r'^[a-z]+\.\d+$', field['name']), field['name']
+        names = [field['name'] for field in widget['fields']]
+        if y['version'] == '7.0':
+            # Widgets are modules in 7.0, each with a reference of its own; repeated fields are numbered.
+            references = [f['value'] for f in widget['fields'] if f['name'] == 'reference']
+            assert len(references) == 1 and re.match(r'^[A-Z]{5}$', references[0]), widget['name']
+            for name in names:
+                match = re.match(r'^columns\.(\d+)\.itemid$', name)
+                assert not match or 'columns.{0}.name'.format(match.group(1)) in names, name
         kinds.add(widget['type'])
-    assert 'GRAPH_CLASSIC' in kinds
+    refs = [f['value'] for w in widgets for f in w['fields'] if f['name'] == 'reference']
+    assert len(set(refs)) == len(refs)
+    assert kinds == ({'graph', 'itemhistory'} if y['version'] == '7.0' else {'GRAPH_CLASSIC', 'PLAIN_TEXT'})
