@@ -88,6 +88,13 @@ def _yes(flag):
     return 'yes' if flag else '**no**'
 
 
+def _largest_state(item):
+    """' STATE' of a path round's largest difference ('' when there is none)."""
+    if not item['largest']:
+        return ''
+    return ' ' + max(item['differences'], key=lambda state: max(abs(v) for v in item['differences'][state].values()))
+
+
 def _target_rows(results):
     check = results['target_check']
     rows = []
@@ -225,7 +232,8 @@ def write_markdown(results, path, png_path, json_path):
         offs = churn['check_off_churn']
         add('| {0} | {1} | {2} | {3} | {4} | {5} | {6} |'.format(
             _size_label(entry),
-            ', '.join('{0} ({1})'.format(item['largest'], item['churn_bound']) for item in churn['rounds']),
+            ', '.join('{0}{1} ({2})'.format(item['largest'], _largest_state(item), item['churn_bound'])
+                      for item in churn['rounds']),
             _yes(churn['explained']),
             ', '.join('{0} {1}/{2}'.format(name, count, churn['auto_calls'])
                       for name, count in sorted(churn['auto_backends'].items())),
@@ -235,7 +243,9 @@ def write_markdown(results, path, png_path, json_path):
             paused['ss_before']['ESTABLISHED']))
     add('')
     add('The largest difference under churn is over every state and all three pairs (derived-full, derived-ss, '
-        'full-ss; against ss, the distance outside the range of its two readings).')
+        'full-ss; against ss, the distance outside the range of its two readings), with the state it was in. A '
+        'large TIME_WAIT difference at a large size is the load generator\'s own TIME_WAIT batch expiring (60 s '
+        'after it was built) during that round: the bound counts it through the TIME_WAIT move.')
     add('')
 
     header = '| method | route | ' + ' | '.join(
