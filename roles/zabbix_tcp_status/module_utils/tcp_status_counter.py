@@ -86,6 +86,7 @@ CODE_BY_STATE = dict((name, code) for code, name in STATE_CODES)
 # The kernel keeps half-open request sockets as TCP_NEW_SYN_RECV (12) and reports
 # them as SYN_RECV in both sock_diag and /proc, as ss and netstat show them.
 NEW_SYN_RECV = 12
+LISTEN_CODE = 10
 
 # Other spellings accepted for each state, after upper-casing and '-' -> '_':
 # ss (ESTAB, LISTENING, CLOSED, FIN_WAIT_1...) and RFC 793 (SYN_RECEIVED).
@@ -119,6 +120,9 @@ DIAG_STATE_OFFSET = NLMSG_HDRLEN + 1
 DIAG_SPORT_OFFSET = NLMSG_HDRLEN + 4
 DIAG_DPORT_OFFSET = NLMSG_HDRLEN + 6
 DIAG_MSG_MINLEN = NLMSG_HDRLEN + 72
+# inet_diag_msg's idiag_rqueue and idiag_wqueue: for a LISTEN socket, its accept queue's length and its backlog
+# (what `ss -lt` shows as Recv-Q and Send-Q).
+DIAG_RQUEUE_OFFSET = NLMSG_HDRLEN + 56
 # Attributes after inet_diag_msg: INET_DIAG_MARK is the only one the kernel puts on the message of a half-open
 # request socket or of a TIME_WAIT-kind socket (and only for CAP_NET_ADMIN); full sockets always carry more
 # (INET_DIAG_SHUTDOWN at least, since 3.7).
@@ -147,6 +151,7 @@ _NLMSGHDR = _struct.Struct('=IH')
 _NLMSG_ERRNO = _struct.Struct('=i')
 _NLATTR = _struct.Struct('=HH')
 _DIAG_INODE = _struct.Struct('=I')
+_DIAG_QUEUES = _struct.Struct('=II')
 # nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid).
 _DIAG_REQUEST = _struct.Struct('=IHHII' + 'BBBBI' + '48x')
 # nlmsghdr + inet_diag_req (family, src_len, dst_len, ext, 48-byte sockid, states, dbs).
@@ -158,7 +163,8 @@ _BC_OP = _struct.Struct('=BBH')
 
 PROC_FILES = (('ipv4', '/proc/net/tcp'), ('ipv6', '/proc/net/tcp6'))
 # The kernel counters behind the counters backend (per network namespace, as the dumps are).
-COUNTER_FILES = {'sockstat': '/proc/net/sockstat', 'sockstat6': '/proc/net/sockstat6', 'snmp': '/proc/net/snmp'}
+COUNTER_FILES = {'sockstat': '/proc/net/sockstat', 'sockstat6': '/proc/net/sockstat6', 'snmp': '/proc/net/snmp',
+                 'netstat': '/proc/net/netstat'}
 # Full sockets in these states are in sockstat's inuse (hashed); TIME_WAIT, CLOSE and request sockets are not.
 # SYN_RECV and FIN_WAIT2 messages may also be request / TIME_WAIT-kind sockets: those are told apart by their
 # attributes (see INET_DIAG_MARK above), behind the cross-check.
@@ -167,7 +173,17 @@ INUSE_CODES = (2, 3, 4, 5, 8, 9, 10, 11)
 # cannot tell the kinds apart the same way (CentOS 7's 3.10), so the counters backend does not answer there.
 COUNTERS_MIN_KERNEL = (4, 4)
 
-USAGE = 'usage: tcp_status.py [--backend=NAME] STATE|all [LOCAL_PORTS [REMOTE_PORTS [FAMILY]]]'
+USAGE = ('usage: tcp_status.py [--backend=NAME] STATE|all [LOCAL_PORTS [REMOTE_PORTS [FAMILY]]], '
+         'or ports|discovery [LOCAL_PORTS [REMOTE_PORTS [FAMILY [MAX_PORTS]]]]')
+
+# The per-port mode (count_ports): how many listening ports it reports by default, how many remote ports it may be
+# asked for, and the most bytes its JSON may take. Zabbix stores a text value in history_text.value, a TEXT column
+# (65,535 bytes on MySQL; the proxy's buffer too), and the agent takes at most 512 KB from a UserParameter: the
+# answer stays under 60,000 bytes whatever the arguments, cutting the least busy ports (and saying how many).
+MAX_PORTS_DEFAULT = 100
+MAX_REMOTE_PORTS = 100
+PORTS_JSON_MAX = 60000
+SERVICES_FILE = '/etc/services'
 
 
 SHOWN_CHARS = 64
@@ -319,17 +335,26 @@ def _bc_ports(ranges, ge_code, le_code):
     return program
 
 
-def port_bytecode(local_ranges=None, remote_ranges=None):
-    """The INET_DIAG_REQ_BYTECODE bytes for a local and a remote port filter (ranges from port_ranges).
+def port_bytecode(local_ranges=None, remote_ranges=None, either=False):
+    """The INET_DIAG_REQ_BYTECODE bytes for a local and a remote port filter (ranges from port_ranges): sockets
+    whose local port and remote port match, or with ``either``, sockets whose local port or remote port matches
+    (there, a side that matches any port matches every socket, and a side without ranges, None, is left out).
 
     Empty when there is no filter, or when the program would not fit in a netlink attribute (then only the
     Python side filters). General enough for lists and ranges on both sides, e.g. for a per-port discovery.
     """
     local = _bc_ports(local_ranges, INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE)
     remote = _bc_ports(remote_ranges, INET_DIAG_BC_D_GE, INET_DIAG_BC_D_LE)
-    if local is None and remote is None:
+    if either:
+        # Every local port, or every remote port asked for: every socket matches (a side with no ranges at all,
+        # None, adds nothing to the other side's filter).
+        if local is None or remote is None and remote_ranges is not None:
+            return b''
+        program = local if remote is None else _bc_or(local, remote)
+    elif local is None and remote is None:
         return b''
-    program = remote if local is None else local if remote is None else _bc_and(local, remote)
+    else:
+        program = remote if local is None else local if remote is None else _bc_and(local, remote)
     if 4 * len(program) > BYTECODE_MAX:
         return b''
     return b''.join(_BC_OP.pack(code, yes, no) for code, yes, no in program)
@@ -347,11 +372,13 @@ def _new_counter():
     return [0] * 256
 
 
-def count_netlink_messages(buf, length, tally, local_table=None, remote_table=None, slots=None):
+def count_netlink_messages(buf, length, tally, local_table=None, remote_table=None, slots=None, ports=None):
     """Count the sock_diag messages in ``buf[:length]`` into ``tally`` (by state code).
 
     With ``slots`` (a 256-entry list: family -> first slot, see FAMILY_SLOTS), a message of family F in
     state S is counted at ``tally[slots[F] + S]`` instead (a tally of 768 entries); not with port tables.
+    With ``ports`` (a PortTally), every message is also counted by local and remote port there (the per-port
+    mode; its own port tables apply, not local_table/remote_table).
     Returns True once NLMSG_DONE is seen. Raises ParseError on a malformed
     stream and TcpStatusError on a kernel error reply.
     """
@@ -360,7 +387,7 @@ def count_netlink_messages(buf, length, tally, local_table=None, remote_table=No
     unpack = _NLMSGHDR.unpack_from
     offset = 0
     filtered = local_table is not None or remote_table is not None
-    plain = not filtered and slots is None
+    plain = not filtered and slots is None and ports is None
     while offset < length:
         if offset + NLMSG_HDRLEN > length:
             raise ParseError('netlink reply ends inside a message header at byte {0} of {1}'.format(
@@ -375,6 +402,12 @@ def count_netlink_messages(buf, length, tally, local_table=None, remote_table=No
                     offset, msg_len, DIAG_MSG_MINLEN))
             if plain:
                 tally[buf[offset + DIAG_STATE_OFFSET]] += 1
+            elif ports is not None:
+                state = buf[offset + DIAG_STATE_OFFSET]
+                sport = (buf[offset + DIAG_SPORT_OFFSET] << 8) | buf[offset + DIAG_SPORT_OFFSET + 1]
+                dport = (buf[offset + DIAG_DPORT_OFFSET] << 8) | buf[offset + DIAG_DPORT_OFFSET + 1]
+                ports.add(state, sport, dport, _DIAG_QUEUES.unpack_from(buf, offset + DIAG_RQUEUE_OFFSET)
+                          if state == LISTEN_CODE else None)
             elif not filtered:
                 tally[slots[buf[offset + DIAG_FAMILY_OFFSET]] + buf[offset + DIAG_STATE_OFFSET]] += 1
             elif ((local_table is None or local_table[
@@ -477,7 +510,8 @@ def _time_left(deadline):
     return left
 
 
-def _netlink_dump(families, mask, deadline, bytecode=b'', local_table=None, remote_table=None, full_codes=None):
+def _netlink_dump(families, mask, deadline, bytecode=b'', local_table=None, remote_table=None, full_codes=None,
+                  ports=None):
     """Dump the TCP sockets of ``families`` in the states of ``mask``: (tally, full).
 
     Without ``full_codes``: tally by state (256 entries), full None. With it: both per family (768 entries, the
@@ -519,9 +553,9 @@ def _netlink_dump(families, mask, deadline, bytecode=b'', local_table=None, remo
                     raise ParseError('netlink socket closed before NLMSG_DONE')
                 if not split:
                     try:
-                        done = count_netlink_messages(buf, received, tally, local_table, remote_table)
+                        done = count_netlink_messages(buf, received, tally, local_table, remote_table, None, ports)
                     except NetlinkRefused:
-                        if family_name != 'all' or any(tally):
+                        if family_name != 'all' or any(tally) or (ports is not None and ports.seen):
                             raise
                         requests = ['ipv4', 'ipv6']  # no TCPDIAG_GETSOCK here: one request per family
                         break
@@ -686,15 +720,19 @@ def _count_counters(families, codes, local_ranges, remote_ranges, deadline):
     return _sum_tallies(dict((name, tallies[name]) for name in families)), record
 
 
-def count_proc_lines(data, tally, local_table=None, remote_table=None, source='/proc/net/tcp'):
-    """Count the sockets listed in the text of /proc/net/tcp or tcp6 into ``tally``."""
+def count_proc_lines(data, tally, local_table=None, remote_table=None, source='/proc/net/tcp', ports=None):
+    """Count the sockets listed in the text of /proc/net/tcp or tcp6 into ``tally``.
+
+    With ``ports`` (a PortTally), every socket is counted by local and remote port there instead; a LISTEN line's
+    rx_queue is its accept queue's length (the backlog is not in these files).
+    """
     if isinstance(data, bytes):
         lines = data.split(b'\n')
     else:
         lines = data.encode('ascii', 'replace').split(b'\n')
     if not lines or b'local_address' not in lines[0]:
         raise ParseError('{0} does not start with the kernel header line'.format(source))
-    filtered = local_table is not None or remote_table is not None
+    filtered = local_table is not None or remote_table is not None or ports is not None
     for number, line in enumerate(lines[1:], 2):
         fields = line.split(None, 4)
         if not fields:
@@ -706,11 +744,18 @@ def count_proc_lines(data, tally, local_table=None, remote_table=None, source='/
             if filtered:
                 lport = int(fields[1].rpartition(b':')[2], 16)
                 rport = int(fields[2].rpartition(b':')[2], 16)
+            if ports is not None:
+                queues = None
+                if code == LISTEN_CODE:  # "tx_queue:rx_queue": rx_queue is the accept queue's length
+                    queues = (int(fields[4].split(None, 1)[0].partition(b':')[2], 16), None)
         except (ValueError, IndexError):
             raise ParseError('{0} line {1} is not a socket line: {2!r}'.format(
                 source, number, line[:80].decode('ascii', 'replace')))
         if not 0 <= code <= 255:
             raise ParseError('{0} line {1} has state {2:#x}, not a TCP state'.format(source, number, code))
+        if ports is not None:
+            ports.add(code, lport, rport, queues)
+            continue
         if filtered and not ((local_table is None or local_table[lport])
                              and (remote_table is None or remote_table[rport])):
             continue
@@ -718,7 +763,7 @@ def count_proc_lines(data, tally, local_table=None, remote_table=None, source='/
     return tally
 
 
-def _count_proc(families, codes, local_ranges, remote_ranges, deadline):
+def _count_proc(families, codes, local_ranges, remote_ranges, deadline, ports=None):
     tally = _new_counter()
     local_table, remote_table = port_table(local_ranges), port_table(remote_ranges)
     for family_name, path in PROC_FILES:
@@ -732,7 +777,7 @@ def _count_proc(families, codes, local_ranges, remote_ranges, deadline):
             if exc.errno == errno.ENOENT and family_name == 'ipv6' and os.path.exists(PROC_FILES[0][1]):
                 continue  # IPv6 disabled on this host: no IPv6 sockets to count
             raise BackendUnavailable('cannot read {0}: {1}'.format(path, exc))
-        count_proc_lines(data, tally, local_table, remote_table, path)
+        count_proc_lines(data, tally, local_table, remote_table, path, ports)
     return tally, None
 
 
@@ -808,6 +853,217 @@ def count_states(states=None, family='all', local_ports=None, remote_ports=None,
     raise TcpStatusError('no backend could count TCP sockets: {0}'.format('; '.join(failures)))
 
 
+# ---- The per-port mode: one dump, counted by local port (for every port with a LISTEN socket) and by remote port
+# (for the remote ports asked for), with each port's accept queue.
+
+class PortTally(object):
+    """The per-port counts of one dump (count_netlink_messages / count_proc_lines call add() for every socket).
+
+    ``local`` and ``remote`` map (port << 8 | state code) to a count; ``queues`` maps each port with a LISTEN
+    socket to (accept queue length, backlog) of its fullest listener (backlog None where the source lacks it).
+    """
+
+    def __init__(self, local_table=None, remote_table=None):
+        self.local_table = local_table
+        self.remote_table = remote_table
+        self.local = {}
+        self.remote = {}
+        self.queues = {}
+        self.seen = 0
+
+    def add(self, state, sport, dport, queues=None):
+        self.seen += 1
+        if self.local_table is None or self.local_table[sport]:
+            key = (sport << 8) | state
+            self.local[key] = self.local.get(key, 0) + 1
+            if queues is not None:
+                held = self.queues.get(sport)
+                if held is None or _fill(queues) > _fill(held):
+                    self.queues[sport] = queues
+        if self.remote_table is not None and self.remote_table[dport]:
+            key = (dport << 8) | state
+            self.remote[key] = self.remote.get(key, 0) + 1
+
+    def states(self, side, port):
+        """{STATE: count} of every state on ``port`` (side 'local' or 'remote'), request sockets as SYN_RECV."""
+        table = self.local if side == 'local' else self.remote
+        base = port << 8
+        counts = dict((name, table.get(base | code, 0)) for code, name in STATE_CODES)
+        counts['SYN_RECV'] += table.get(base | NEW_SYN_RECV, 0)
+        return counts
+
+
+def _fill(queues):
+    """How full a listener's accept queue is, for choosing the fullest of a port's listeners: (ratio, length)."""
+    queue, backlog = queues
+    if not backlog:
+        return (float('inf') if queue and backlog is not None else 0.0, queue)
+    return (float(queue) / backlog, queue)
+
+
+def service_names(ports, path=None):
+    """{port: name} from /etc/services (the first tcp entry of each port, as getservbyport answers)."""
+    wanted = set(ports)
+    names = {}
+    try:
+        with open(path or SERVICES_FILE, 'rb') as handle:
+            data = handle.read()
+    except (IOError, OSError):
+        return names
+    for line in data.split(b'\n'):
+        fields = line.split(b'#', 1)[0].split()
+        if len(fields) < 2:
+            continue
+        number, _sep, protocol = fields[1].partition(b'/')
+        if protocol == b'tcp' and number.isdigit():
+            port = int(number)
+            if port in wanted and port not in names:
+                names[port] = fields[0].decode('ascii', 'replace')
+    return names
+
+
+def read_listen_counters():
+    """(ListenOverflows, ListenDrops) from /proc/net/netstat's TcpExt lines (this network namespace's)."""
+    rows = [line.split() for line in _read_text('netstat').splitlines() if line.startswith('TcpExt:')]
+    if len(rows) != 2 or len(rows[0]) != len(rows[1]):
+        raise ParseError('{0} has no TcpExt: header and value lines'.format(COUNTER_FILES['netstat']))
+    try:
+        values = dict(zip(rows[0][1:], rows[1][1:]))
+        return int(values['ListenOverflows']), int(values['ListenDrops'])
+    except (KeyError, ValueError):
+        raise ParseError('{0} TcpExt: lacks ListenOverflows or ListenDrops'.format(COUNTER_FILES['netstat']))
+
+
+def max_ports_value(value):
+    """The MAX_PORTS argument as an int from 1 to 65536; empty or None means MAX_PORTS_DEFAULT."""
+    if value is None or value == '':
+        return MAX_PORTS_DEFAULT
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65536:
+        raise ArgumentError('bad MAX_PORTS {0}; the most listening ports to report, a number from 1 to 65536 '
+                            '(default {1})'.format(_shown(value), MAX_PORTS_DEFAULT))
+    return int(text)
+
+
+def _json_text(text):
+    out = []
+    for char in text:
+        if char in '"\\' or ord(char) < 0x20 or ord(char) > 0x7e:
+            out.append('\\u{0:04x}'.format(ord(char)))
+        else:
+            out.append(char)
+    return '"' + ''.join(out) + '"'
+
+
+def _entry_json(entry):
+    fields = ['"port":{0:d}'.format(entry['port']), '"service":' + _json_text(entry['service'])]
+    if 'queue' in entry:
+        fields.append('"queue":{0:d}'.format(entry['queue']))
+        fields.append('"backlog":' + ('null' if entry['backlog'] is None else '{0:d}'.format(entry['backlog'])))
+    fields.append('"states":' + counts_json(entry['states']))
+    return '{' + ','.join(fields) + '}'
+
+
+def _ports_frame(ports_text, remote_text, truncated, overflows, drops):
+    """The per-port answer's JSON, from its entries' JSON texts."""
+    return ('{"ports":[' + ports_text + '],"remote":[' + remote_text + '],' +
+            '"truncated":{0:d},"listen_overflows":{1:d},"listen_drops":{2:d}}}'.format(truncated, overflows, drops))
+
+
+def count_ports(family='all', local_ports=None, remote_ports=None, max_ports=None, backend='auto'):
+    """Count TCP sockets by state per port, from one dump.
+
+    Returns a dict: ``ports``, one entry for every local port with a LISTEN socket (of ``local_ports``, when
+    given): ``port``, ``service`` (its /etc/services name, or ''), ``queue`` and ``backlog`` (the accept queue's
+    length and limit of the port's fullest listener; backlog None from /proc, which lacks it) and ``states`` (every
+    state's count of the sockets whose local port it is), busiest first (most sockets besides the listeners, then
+    the longest queue, then the lowest port), at most ``max_ports`` (default 100) and at most what fits in
+    PORTS_JSON_MAX bytes of JSON; ``truncated``, how many listening ports were left out for that; ``remote``, one
+    entry for every port of ``remote_ports`` (at most 100): ``port``, ``service``, ``states`` of the sockets whose
+    remote port it is; ``listen_overflows`` and ``listen_drops`` from /proc/net/netstat; ``backend``
+    (netlink or proc), ``family``, ``fallbacks``. Raises ArgumentError on bad input and TcpStatusError when
+    neither backend can count.
+    """
+    families = _family_names(family)
+    local_ranges = port_ranges(local_ports)
+    remote_ranges = port_ranges(remote_ports)
+    limit = max_ports_value(max_ports)
+    wanted_remote = []
+    for first, last in remote_ranges or ():
+        wanted_remote.extend(range(first, last + 1))
+        if len(wanted_remote) > MAX_REMOTE_PORTS:
+            raise ArgumentError('too many remote ports in {0}: at most {1}, each reported on its own'.format(
+                _shown(remote_ports), MAX_REMOTE_PORTS))
+    if backend not in ('auto', 'netlink', 'proc'):
+        raise ArgumentError('backend {0} cannot count per port; accepted: auto, netlink, proc'.format(
+            _shown(backend)))
+    codes = [code for code, _name in STATE_CODES]
+    bytecode = port_bytecode(local_ranges, remote_ranges, either=True)
+    deadline = _clock() + NETLINK_TIMEOUT
+    failures = []
+    tally = None
+    for name in ('netlink', 'proc'):
+        if backend not in ('auto', name):
+            continue
+        tally = PortTally(port_table(local_ranges), port_table(remote_ranges))
+        try:
+            if name == 'netlink':
+                _netlink_dump(families, state_mask(codes), deadline, bytecode, ports=tally)
+            else:
+                _count_proc(families, codes, None, None, deadline, ports=tally)
+        except BackendUnavailable as exc:
+            if backend != 'auto':
+                raise
+            failures.append('{0}: {1}'.format(name, exc))
+            tally = None
+            continue
+        break
+    if tally is None:
+        raise TcpStatusError('no backend could count TCP sockets per port: {0}'.format('; '.join(failures)))
+    try:
+        overflows, drops = read_listen_counters()
+    except BackendUnavailable as exc:
+        raise TcpStatusError(str(exc))
+    names = service_names(list(tally.queues) + wanted_remote)
+    entries = []
+    for port, (queue, backlog) in tally.queues.items():
+        states = tally.states('local', port)
+        entries.append({'port': port, 'service': names.get(port, ''), 'queue': queue, 'backlog': backlog,
+                        'states': states})
+    entries.sort(key=lambda entry: (entry['states']['LISTEN'] - sum(entry['states'].values()), -entry['queue'],
+                                    entry['port']))
+    remote = [{'port': port, 'service': names.get(port, ''), 'states': tally.states('remote', port)}
+              for port in wanted_remote]
+    # Keep the busiest entries that fit: the frame is measured with the widest truncated count.
+    room = PORTS_JSON_MAX - len(_ports_frame('', ','.join(_entry_json(entry) for entry in remote), 65536,
+                                             overflows, drops))
+    kept = []
+    for entry in entries[:limit]:
+        size = len(_entry_json(entry)) + (1 if kept else 0)
+        if size > room:
+            break
+        room -= size
+        kept.append(entry)
+    return {'ports': kept, 'remote': remote, 'truncated': len(entries) - len(kept), 'listen_overflows': overflows,
+            'listen_drops': drops, 'backend': name, 'family': family, 'fallbacks': failures}
+
+
+def ports_json(result):
+    """The per-port answer (count_ports' result) as compact JSON, fields in a fixed order (Python 2.7 too)."""
+    return _ports_frame(','.join(_entry_json(entry) for entry in result['ports']),
+                        ','.join(_entry_json(entry) for entry in result['remote']), result['truncated'],
+                        result['listen_overflows'], result['listen_drops'])
+
+
+def discovery_json(result):
+    """The same ports in Zabbix's low-level discovery format (with the data wrapper that Zabbix 3.4 needs):
+    {#PORT}, {#SERVICE} and {#SIDE} (local for a listening port, remote for a remote port asked for)."""
+    rows = ['{{"{{#PORT}}":"{0:d}","{{#SERVICE}}":{1},"{{#SIDE}}":"{2}"}}'.format(
+        entry['port'], _json_text(entry['service']), side)
+        for side, entries in (('local', result['ports']), ('remote', result['remote'])) for entry in entries]
+    return '{"data":[' + ','.join(rows) + ']}'
+
+
 def counts_json(counts):
     """Compact JSON of a counts dict, keys in kernel state order (stable on Python 2.7 too)."""
     return '{' + ','.join('"{0}":{1:d}'.format(state, counts[state])
@@ -824,6 +1080,9 @@ def run_script(argv):
         args.pop()  # the UserParameter passes "$2" "$3" "$4" even when the key has fewer
     if not args:
         return 2, '', 'tcp_status: missing STATE; {0}\n'.format(USAGE)
+    mode = args[0].strip().lower()
+    if mode in ('ports', 'discovery'):
+        return _run_ports(mode, args[1:], backend)
     if len(args) > 4:
         return 2, '', 'tcp_status: too many arguments ({0}: {1}{2}); {3}\n'.format(
             len(args), ' '.join(_shown(arg) for arg in args[4:7]), ' ...' if len(args) > 7 else '', USAGE)
@@ -845,6 +1104,22 @@ def run_script(argv):
     if want_all:
         return 0, counts_json(result['counts']) + '\n', ''
     return 0, '{0:d}\n'.format(result['counts'][target]), ''
+
+
+def _run_ports(mode, args, backend):
+    """The per-port modes of the script: ports (JSON) and discovery (the LLD format)."""
+    if len(args) > 4:
+        return 2, '', 'tcp_status: too many arguments for {0} ({1}: {2}{3}); {4}\n'.format(
+            mode, len(args) + 1, ' '.join(_shown(arg) for arg in args[4:7]), ' ...' if len(args) > 7 else '', USAGE)
+    args = args + [''] * (4 - len(args))
+    try:
+        result = count_ports(family=args[2].strip().lower() or 'all', local_ports=args[0] or None,
+                             remote_ports=args[1] or None, max_ports=args[3], backend=backend)
+    except ArgumentError as exc:
+        return 2, '', 'tcp_status: {0}\n'.format(exc)
+    except TcpStatusError as exc:
+        return 1, '', 'tcp_status: {0}\n'.format(exc)
+    return 0, (ports_json(result) if mode == 'ports' else discovery_json(result)) + '\n', ''
 
 
 def main(argv=None):
