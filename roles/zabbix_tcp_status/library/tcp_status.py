@@ -70,6 +70,24 @@ options:
     type: str
     choices: [auto, counters, netlink, proc, psutil]
     default: auto
+  per_port:
+    description:
+      - Also return RV(per_port), the same breakdown the Zabbix key C(tcp.status.ports) answers, from one more dump -
+        for every local port with a LISTEN socket, the count of sockets in each state on that port and the accept
+        queue of its fullest listener; for every port of O(remote_ports), the count in each state of the sockets
+        connected to it.
+      - With O(per_port), O(local_ports) limits the listening ports reported, O(remote_ports) (at most 100 ports)
+        lists the remote ports to report, and O(family) applies too; RV(counts) keeps its meaning.
+      - Needs the V(netlink) or V(proc) backend (V(auto) picks them); V(counters) and V(psutil) cannot count per
+        port.
+    type: bool
+    default: false
+  max_ports:
+    description:
+      - With O(per_port), the most listening ports reported, busiest first; RV(per_port.truncated) says how many
+        were left out. The answer also stays under 60,000 bytes of JSON, what a Zabbix text value holds.
+    type: int
+    default: 100
 attributes:
   check_mode:
     support: full
@@ -111,9 +129,25 @@ EXAMPLES = r'''
   tcp_status:
     backend: netlink
 
+- name: Which listening ports hold the connections, and the connections to PostgreSQL and Redis
+  tcp_status:
+    per_port: true
+    remote_ports: ['5432', '6379']
+    max_ports: 10
+  register: by_port
+
+- name: Fail when a listener's accept queue is full
+  ansible.builtin.assert:
+    that: item.backlog is none or item.queue < item.backlog
+    fail_msg: "port {{ item.port }} ({{ item.service }}): accept queue {{ item.queue }} of {{ item.backlog }}"
+  loop: "{{ by_port.per_port.ports }}"
+  loop_control:
+    label: "{{ item.port }}"
+
 # Ad hoc, across a fleet, one line per host:
 #   ansible all -m tcp_status -o
 #   ansible all -m tcp_status -a 'states=TIME_WAIT,CLOSE_WAIT' -o
+#   ansible all -m tcp_status -a 'per_port=true max_ports=5'
 '''
 
 RETURN = r'''
@@ -161,13 +195,70 @@ fallbacks:
   type: list
   elements: str
   sample: ["netlink: cannot open a NETLINK_SOCK_DIAG socket: [Errno 13] Permission denied"]
+per_port:
+  description:
+    - The per-port breakdown (the JSON of the Zabbix key C(tcp.status.ports)), from one dump of every socket (or of
+      the sockets on O(local_ports) and O(remote_ports) when O(local_ports) is given).
+  returned: when O(per_port) is true
+  type: dict
+  contains:
+    ports:
+      description:
+        - One entry per local port with a LISTEN socket (IPv4 and IPv6 together with O(family=all)), busiest first
+          (the most sockets besides its listeners, then the longest accept queue, then the lowest port), at most
+          O(max_ports).
+        - V(port); V(service), its name in C(/etc/services) or an empty string; V(states), every state's count
+          of the sockets whose local port it is (the listeners themselves as C(LISTEN), the connections the kernel
+          completed but the application has not accepted yet as C(ESTABLISHED), half-open ones as C(SYN_RECV)).
+        - V(queue) and V(backlog), the accept queue's current length and its limit (C(ss -lt)'s Recv-Q and
+          Send-Q) of the port's fullest listener (the highest queue/backlog), because several listeners on one port
+          (two addresses, IPv4 and IPv6-only sockets, SO_REUSEPORT groups) each have their own queue, and a
+          listener drops connections when its own queue is full, whatever the others hold, so a sum would hide a
+          full one behind empty ones. The kernel queues up to backlog + 1 connections. V(backlog) is null when
+          the C(proc) backend answered (C(/proc/net/tcp) has the queue's length, not its limit).
+      type: list
+      elements: dict
+      sample: [{"port": 22, "service": "ssh", "queue": 0, "backlog": 128, "states": {"ESTABLISHED": 3,
+               "SYN_SENT": 0, "SYN_RECV": 0, "FIN_WAIT1": 0, "FIN_WAIT2": 0, "TIME_WAIT": 0, "CLOSE": 0,
+               "CLOSE_WAIT": 0, "LAST_ACK": 0, "LISTEN": 2, "CLOSING": 0}}]
+    remote:
+      description:
+        - One entry per port of O(remote_ports), in port order, with or without sockets; V(port), V(service),
+          V(states) (every state's count of the sockets whose remote port it is, this host's outbound side).
+      type: list
+      elements: dict
+      sample: [{"port": 5432, "service": "postgresql", "states": {"ESTABLISHED": 12, "SYN_SENT": 0,
+               "SYN_RECV": 0, "FIN_WAIT1": 0, "FIN_WAIT2": 0, "TIME_WAIT": 30, "CLOSE": 0, "CLOSE_WAIT": 0,
+               "LAST_ACK": 0, "LISTEN": 0, "CLOSING": 0}}]
+    truncated:
+      description: How many listening ports were left out, by O(max_ports) or by the 60,000-byte bound; 0 when none.
+      type: int
+      sample: 0
+    listen_overflows:
+      description: C(/proc/net/netstat) C(TcpExt ListenOverflows) (connections dropped for a full accept queue), a
+        counter since boot, of this network namespace.
+      type: int
+      sample: 0
+    listen_drops:
+      description: C(TcpExt ListenDrops) (every SYN or connection a listener dropped, overflows included).
+      type: int
+      sample: 0
+    backend:
+      description: V(netlink) or V(proc).
+      type: str
+      sample: netlink
+    fallbacks:
+      description: As RV(fallbacks), for this dump.
+      type: list
+      elements: str
+      sample: []
 ansible_facts:
   description: The same result as a fact.
   returned: always
   type: dict
   contains:
     tcp_status:
-      description: V(counts), V(total), V(backend), V(family), V(fallbacks), V(check) (with V(counters)),
+      description: V(counts), V(total), V(backend), V(family), V(fallbacks), V(check) (with V(counters)), V(per_port) (with O(per_port)),
         V(local_ports) and V(remote_ports) as above.
       type: dict
       returned: always
@@ -177,7 +268,8 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
-from ansible.module_utils.tcp_status_counter import BACKENDS, FAMILIES, TcpStatusError, count_states
+from ansible.module_utils.tcp_status_counter import (BACKENDS, FAMILIES, MAX_PORTS_DEFAULT, TcpStatusError, count_ports,
+                                                     count_states)
 
 
 def main():
@@ -188,6 +280,8 @@ def main():
             local_ports=dict(type='list', elements='str', default=[]),
             remote_ports=dict(type='list', elements='str', default=[]),
             backend=dict(type='str', choices=list(BACKENDS), default='auto'),
+            per_port=dict(type='bool', default=False),
+            max_ports=dict(type='int', default=MAX_PORTS_DEFAULT),
         ),
         supports_check_mode=True,
     )
@@ -196,12 +290,18 @@ def main():
         result = count_states(states=params['states'], family=params['family'],
                               local_ports=params['local_ports'], remote_ports=params['remote_ports'],
                               backend=params['backend'])
+        if params['per_port']:
+            per_port = count_ports(family=params['family'], local_ports=params['local_ports'],
+                                   remote_ports=params['remote_ports'], max_ports=params['max_ports'],
+                                   backend=params['backend'])
+            result['per_port'] = dict((key, per_port[key]) for key in (
+                'ports', 'remote', 'truncated', 'listen_overflows', 'listen_drops', 'backend', 'fallbacks'))
     except TcpStatusError as exc:
         result = {'error': to_native(exc)}
     if 'error' in result:
         # Outside the except block, so that the failure is the message alone, not a traceback.
         module.fail_json(msg=result['error'])
-    for reason in result['fallbacks']:
+    for reason in result['fallbacks'] + result.get('per_port', {}).get('fallbacks', []):
         if reason.startswith('counters:'):
             continue  # the full dump answered instead: exact, and nothing the user must act on
         module.warn('tcp_status counted with the {0} backend; tried first: {1}'.format(result['backend'], reason))
