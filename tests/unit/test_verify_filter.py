@@ -4,6 +4,7 @@
 The role's real runs against wrong agents are in tests/role; here the window itself, case by case.
 """
 import importlib.util
+import json
 import os
 
 import pytest
@@ -108,3 +109,136 @@ def test_a_count_key_names_its_state_first_and_empty_parameters_count_the_whole_
 def test_an_item_table_row_the_verify_cannot_judge_is_an_error_not_a_pass(key, kind):
     with pytest.raises(ValueError):
         verify.answer_problem('3', key, kind, QUIET, QUIET, OWN)
+
+
+# ---- The per-port answers (tcp.status.ports and its discovery form), against QUIET: 3 LISTEN, 2 ESTABLISHED.
+
+def port_entry(port, service='', queue=0, backlog=128, **states):
+    counts = dict((state, 0) for state in STATES)
+    counts.update(states)
+    return {'port': port, 'service': service, 'queue': queue, 'backlog': backlog, 'states': counts}
+
+
+def ports_answer(ports=None, **fields):
+    data = {'ports': [port_entry(10050, 'zabbix-agent', ESTABLISHED=2, LISTEN=2), port_entry(22, 'ssh', LISTEN=1)]
+            if ports is None else ports, 'remote': [], 'truncated': 0, 'listen_overflows': 4, 'listen_drops': 6}
+    data.update(fields)
+    return json.dumps(data)
+
+
+def ports_problem(answer, before=QUIET, after=QUIET, own=OWN, tolerance=0, key='tcp.status.ports'):
+    return verify.answer_problem(answer, key, 'ports', before, after, own, tolerance)
+
+
+def changed(change):
+    """A copy of the good answer's data with change(data) applied, as JSON."""
+    data = json.loads(ports_answer())
+    change(data)
+    return json.dumps(data)
+
+
+def test_a_right_ports_answer_passes():
+    assert ports_problem(ports_answer()) == ''
+    # /proc has no backlog: null is an answer; the query's own ESTABLISHED pair may be on the agent's port.
+    assert ports_problem(changed(lambda d: d['ports'][0].update(backlog=None))) == ''
+    assert ports_problem(changed(lambda d: d['ports'][0]['states'].update(ESTABLISHED=4))) == ''
+    # The kernel queues backlog + 1 connections at most.
+    assert ports_problem(changed(lambda d: d['ports'][1].update(queue=3, backlog=2))) == ''
+
+
+def _set_state(index, state, value):
+    return lambda d: d['ports'][index]['states'].update({state: value})
+
+
+@pytest.mark.parametrize('answer', [
+    '', 'oops', '[]', '{}',
+    changed(lambda d: d.pop('truncated')),
+    changed(lambda d: d.update(extra=1)),
+    changed(lambda d: d.update(truncated=-1)),
+    changed(lambda d: d.update(truncated=True)),
+    changed(lambda d: d.update(truncated=1)),                     # cut off, yet 2 ports in a short answer
+    changed(lambda d: d.update(listen_overflows='4')),
+    changed(lambda d: d.update(listen_drops=1.5)),
+    changed(lambda d: d.update(listen_drops=3)),                  # fewer drops than overflows
+    changed(lambda d: d.update(remote=[{'port': 5432}])),         # no remote port was asked for
+    changed(lambda d: d.update(ports={'22': {}})),
+    changed(lambda d: d.update(ports=[port_entry(1000 + n, LISTEN=1) for n in range(101)])),
+    changed(lambda d: d['ports'][1].pop('service')),
+    changed(lambda d: d['ports'][1].update(service=None)),
+    changed(lambda d: d['ports'][1].update(port=10050)),          # twice the same port
+    changed(lambda d: d['ports'][1].update(port=70000)),
+    changed(lambda d: d['ports'][1].update(port=True)),
+    changed(lambda d: d['ports'][1].update(port='22')),
+    changed(lambda d: d['ports'][1]['states'].pop('CLOSING')),
+    changed(lambda d: d['ports'][1]['states'].update(NEW_STATE=0)),
+    changed(_set_state(1, 'TIME_WAIT', -1)),
+    changed(_set_state(1, 'TIME_WAIT', False)),
+    changed(_set_state(1, 'TIME_WAIT', 0.5)),
+    changed(_set_state(1, 'LISTEN', 0)),                          # a listed port has a listener
+    changed(lambda d: d['ports'][1].update(queue=4, backlog=2)),  # beyond backlog + 1
+    changed(lambda d: d['ports'][1].update(queue=None)),
+    changed(lambda d: d['ports'][1].update(queue=True)),
+    changed(lambda d: d['ports'][1].update(backlog='128')),
+    changed(lambda d: d['ports'].reverse()),                       # not the busiest first
+    changed(_set_state(0, 'ESTABLISHED', 5)),                      # more than the host has, own sockets included
+    changed(_set_state(0, 'TIME_WAIT', 16)),                       # ... for TIME_WAIT too (10 + 5 own)
+    changed(_set_state(0, 'LISTEN', 3)),                           # 4 LISTEN over the ports, the host has 3
+    changed(lambda d: d['ports'].pop()),                           # 2 LISTEN: one listener is missing
+    changed(lambda d: d.update(ports=[])),
+])
+def test_wrong_ports_answers_fail(answer):
+    assert ports_problem(answer) != '', answer
+
+
+def test_ports_answer_cut_off_by_the_bound():
+    many = dict(QUIET, LISTEN=150)
+    ports = [port_entry(1000 + n, LISTEN=1) for n in range(100)]
+    assert ports_problem(ports_answer(ports, truncated=50), before=many, after=many) == ''
+    # Not cut off, yet a third of the host's listeners are on no listed port.
+    assert 'every LISTEN socket on a listed port' in ports_problem(ports_answer(ports), before=many, after=many)
+    # The LISTEN window widens with the churn between the module's counts.
+    assert ports_problem(ports_answer(ports), before=many, after=dict(QUIET, LISTEN=125)) == ''
+
+
+def test_ports_messages_say_what_was_expected():
+    assert ports_problem(changed(_set_state(0, 'ESTABLISHED', 5))).startswith(
+        'at most 4 ESTABLISHED sockets over all listed ports')
+    assert 'backlog + 1' in ports_problem(changed(lambda d: d['ports'][1].update(queue=4, backlog=2)))
+    assert ports_problem(changed(lambda d: d['ports'].reverse())).startswith('the busiest ports first')
+
+
+def discovery_answer(rows=None):
+    return json.dumps({'data': [{'{#PORT}': '10050', '{#SERVICE}': 'zabbix-agent', '{#SIDE}': 'local'},
+                                {'{#PORT}': '22', '{#SERVICE}': 'ssh', '{#SIDE}': 'local'}]
+                       if rows is None else rows})
+
+
+def discovery_problem(answer, before=QUIET):
+    return verify.answer_problem(answer, 'tcp.status.ports.discovery', 'discovery', before, before, OWN, 0)
+
+
+def test_discovery_answers():
+    assert discovery_problem(discovery_answer()) == ''
+    row = {'{#PORT}': '22', '{#SERVICE}': 'ssh', '{#SIDE}': 'local'}
+    for wrong in [
+        '', '[]', json.dumps([row]),                              # LLD rows without the data wrapper (3.4 needs it)
+        json.dumps({'data': [row], 'extra': 1}),
+        discovery_answer([]),                                     # the agent itself listens
+        discovery_answer([dict(row, **{'{#PORT}': 22})]),         # macros are strings
+        discovery_answer([dict(row, **{'{#PORT}': '022'})]),
+        discovery_answer([dict(row, **{'{#PORT}': '70000'})]),
+        discovery_answer([row, row]),
+        discovery_answer([dict(row, **{'{#SIDE}': 'remote'})]),
+        discovery_answer([dict(row, **{'{#SERVICE}': None})]),
+        discovery_answer([{'{#PORT}': '22', '{#SERVICE}': 'ssh'}]),
+        discovery_answer([dict(row, **{'{#PORT}': str(port)}) for port in range(1, 5)]),  # 4 ports, 3 LISTEN
+    ]:
+        assert discovery_problem(wrong) != '', wrong
+
+
+@pytest.mark.parametrize('key, kind', [('tcp.status.ports[22]', 'ports'), ('tcp.status.ports[,,ipv4]', 'ports'),
+                                       ('tcp.status.ports.discovery[,5432]', 'discovery'),
+                                       ('tcp.status.ports', 'portz')])
+def test_per_port_checks_ask_the_whole_host(key, kind):
+    with pytest.raises(ValueError):
+        verify.answer_problem(ports_answer(), key, kind, QUIET, QUIET, OWN)

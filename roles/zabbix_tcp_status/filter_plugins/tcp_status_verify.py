@@ -8,6 +8,11 @@ each count must lie in the window that the module's own counts, taken just befor
 calls, leave open: between them, widened only by what was seen to move between the two counts (the churn), the
 query's own connection (an ESTABLISHED socket on each end when zabbix_get runs on the host itself, one otherwise)
 and the user's tolerance.
+
+The per-port answers (``ports``: the JSON of tcp.status.ports, ``discovery``: its LLD form) are held to their form
+strictly, and to the module's host-wide counts where a per-port count must stay inside a host-wide one: sockets on
+different local ports are different sockets, so a state's sum over the listed ports cannot pass the host's count of
+it; every LISTEN socket is on a listening port, so with no port cut off the listed ports' LISTEN sum is the host's.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -32,6 +37,12 @@ options:
 
 # A key and its parameters: NAME or NAME[p1,p2,...] (the checks are plain keys: no quoted commas).
 KEY = re.compile(r'^([^\[]+)(?:\[(.*)\])?$')
+KINDS = ('count', 'states', 'ports', 'discovery')
+# The counter's bounds of a per-port answer (tcp_status_counter.MAX_PORTS_DEFAULT, PORTS_JSON_MAX): the checks ask
+# with the default bound; an answer cut short by its byte bound is at least this long.
+MAX_PORTS_DEFAULT = 100
+PORTS_JSON_MAX = 60000
+PORTS_JSON_FULL = PORTS_JSON_MAX - 400
 
 
 def _host_wide(key, kind, states):
@@ -78,15 +89,19 @@ def answer_problem(answer, key, kind, before, after, own=None, tolerance=0):
     """'' when ``answer`` (the agent's answer to ``key``) is right, else what was expected instead.
 
     ``kind`` is the item table's ``answer`` of the key (roles/zabbix_tcp_status/vars/main.yml): ``count`` (one
-    non-negative integer, the count of the state named by the key's first parameter) or ``states`` (a JSON object
-    with every state's count).
+    non-negative integer, the count of the state named by the key's first parameter), ``states`` (a JSON object
+    with every state's count), ``ports`` (the per-port JSON of tcp.status.ports) or ``discovery`` (its LLD form).
     """
     answer = '' if answer is None else str(answer).strip()
     tolerance = int(tolerance)
     own = own or {}
-    if kind not in ('count', 'states'):
-        raise ValueError('unknown answer kind {0!r} for {1} in the item table: count or states'.format(kind, key))
+    if kind not in KINDS:
+        raise ValueError('unknown answer kind {0!r} for {1} in the item table: {2}'.format(kind, key, ', '.join(KINDS)))
     state = _host_wide(key, kind, before)
+    if kind == 'ports':
+        return _ports_problem(answer, before, after, own, tolerance)
+    if kind == 'discovery':
+        return _discovery_problem(answer, before, after, own, tolerance)
     if kind == 'states':
         try:
             counts = json.loads(answer)
@@ -110,6 +125,117 @@ def answer_problem(answer, key, kind, before, after, own=None, tolerance=0):
     if not re.match(r'^(0|[1-9][0-9]*)$', answer):
         return 'one non-negative integer'
     return _count_problem(state, int(answer), before, after, own, tolerance)
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _states_problem(where, counts, states):
+    if not isinstance(counts, dict) or sorted(counts) != sorted(states):
+        return '{0}: states with exactly {1}'.format(where, ', '.join(states))
+    for state in states:
+        if not _is_count(counts[state]):
+            return '{0}: a non-negative integer for every state; {1} is {2}'.format(
+                where, state, json.dumps(counts[state]))
+    return ''
+
+
+def _sum_problem(entries, before, after, own, tolerance, exact_listen):
+    """The listed ports' sum of each state against the host's window (exactly inside it for LISTEN when no port
+    was cut off: every LISTEN socket is on a listening port)."""
+    for state in before:
+        total = sum(entry['states'][state] for entry in entries)
+        low, high = window(state, before, after, own, tolerance)
+        if total > high:
+            return ('at most {0} {1} sockets over all listed ports (the host has {2} before and {3} after); the '
+                    'ports hold {4}'.format(high, state, before[state], after[state], total))
+        if state == 'LISTEN' and exact_listen and total < low:
+            return ('every LISTEN socket on a listed port: {0} to {1} over the ports (the host has {2} before and {3} '
+                    'after, and no port was cut off); the ports hold {4}'.format(
+                        low, high, before[state], after[state], total))
+    return ''
+
+
+def _ports_problem(answer, before, after, own, tolerance):
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = None
+    fields = ['listen_drops', 'listen_overflows', 'ports', 'remote', 'truncated']
+    if not isinstance(data, dict) or sorted(data) != fields:
+        return 'a JSON object with exactly {0}'.format(', '.join(fields))
+    for field in ('truncated', 'listen_overflows', 'listen_drops'):
+        if not _is_count(data[field]):
+            return 'a non-negative integer for {0}; it is {1}'.format(field, json.dumps(data[field]))
+    if data['listen_drops'] < data['listen_overflows']:
+        return 'listen_drops at least listen_overflows (the kernel counts every overflow as a drop too)'
+    if data['remote'] != []:
+        return 'no remote ports (none were asked for)'
+    ports = data['ports']
+    if not isinstance(ports, list) or len(ports) > MAX_PORTS_DEFAULT:
+        return 'a list of at most {0} ports'.format(MAX_PORTS_DEFAULT)
+    if data['truncated'] and len(ports) < MAX_PORTS_DEFAULT and len(answer) < PORTS_JSON_FULL:
+        return 'no port cut off while the answer holds {0} ports in {1} bytes; truncated is {2}'.format(
+            len(ports), len(answer), data['truncated'])
+    seen = set()
+    order = []
+    for entry in ports:
+        if not isinstance(entry, dict) or sorted(entry) != ['backlog', 'port', 'queue', 'service', 'states']:
+            return 'every port with exactly port, service, queue, backlog, states; one is {0}'.format(
+                json.dumps(entry)[:200])
+        port = entry['port']
+        if not _is_count(port) or port > 65535 or port in seen:
+            return 'each port a distinct number from 0 to 65535; one is {0}'.format(json.dumps(port))
+        seen.add(port)
+        where = 'port {0}'.format(port)
+        if not isinstance(entry['service'], str):
+            return '{0}: a service name (a string)'.format(where)
+        problem = _states_problem(where, entry['states'], before)
+        if problem:
+            return problem
+        if entry['states']['LISTEN'] < 1:
+            return '{0}: at least one LISTEN socket (only listening ports are listed)'.format(where)
+        queue, backlog = entry['queue'], entry['backlog']
+        if not _is_count(queue) or not (backlog is None or _is_count(backlog)):
+            return '{0}: queue a non-negative integer and backlog one or null; they are {1} and {2}'.format(
+                where, json.dumps(queue), json.dumps(backlog))
+        if backlog is not None and queue > backlog + 1:
+            return '{0}: an accept queue of at most its backlog + 1 (the kernel queues no more); {1} of {2}'.format(
+                where, queue, backlog)
+        order.append((entry['states']['LISTEN'] - sum(entry['states'].values()), -queue, port))
+    if order != sorted(order):
+        return 'the busiest ports first (most sockets besides the listeners, then the longest queue, then the port)'
+    return _sum_problem(ports, before, after, own, tolerance, exact_listen=data['truncated'] == 0)
+
+
+def _discovery_problem(answer, before, after, own, tolerance):
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or list(data) != ['data'] or not isinstance(data['data'], list):
+        return 'a JSON object {"data": [...]} (the LLD format)'
+    rows = data['data']
+    if not rows or len(rows) > MAX_PORTS_DEFAULT:
+        return 'from 1 to {0} listening ports (the agent itself listens); {1} found'.format(MAX_PORTS_DEFAULT,
+                                                                                            len(rows))
+    seen = set()
+    for row in rows:
+        if not isinstance(row, dict) or sorted(row) != ['{#PORT}', '{#SERVICE}', '{#SIDE}']:
+            return 'every row with exactly {{#PORT}}, {{#SERVICE}}, {{#SIDE}}; one is {0}'.format(json.dumps(row)[:200])
+        port = row['{#PORT}']
+        if not (isinstance(port, str) and re.match(r'^(0|[1-9][0-9]{0,4})$', port) and int(port) <= 65535) \
+                or port in seen:
+            return 'each {{#PORT}} a distinct port number as a string; one is {0}'.format(json.dumps(port))
+        seen.add(port)
+        if row['{#SIDE}'] != 'local' or not isinstance(row['{#SERVICE}'], str):
+            return '{{#SIDE}} local (no remote ports were asked for) and {{#SERVICE}} a string; row {0}'.format(
+                json.dumps(row))
+    low, high = window('LISTEN', before, after, own, tolerance)
+    if len(rows) > high:
+        return 'at most as many listening ports as LISTEN sockets ({0}); {1} listed'.format(high, len(rows))
+    return ''
 
 
 class FilterModule(object):
