@@ -7,18 +7,21 @@ three start at once; the tests then run server after server against one agent se
 zabbix_tcp_status_api imports the template and registers the hosts (community.zabbix on 6.0 and later, the role's
 own JSON-RPC tasks before 6.0); the assertions read each server's API:
 
-- the server imports the template format the role picks for it (5.0: the 3.4 XML; 6.0 and 7.0: the 6.0 YAML),
-  and on 6.0 and 7.0 the 3.4 XML imports too, with the same items, triggers and graph as the YAML;
+- the server imports the template format the role picks for it (5.0: the 3.4 XML; 6.0: the 6.0 YAML; 7.0: the
+  7.0 YAML), and on 6.0 and 7.0 the 3.4 XML imports too, with the same items, triggers and graph as the YAML;
 - a host that already has the recipe's item tcp.status[TIME_WAIT] keeps it (same item, so its history) when
   the template is linked; a second role run changes nothing (with an API token where the server has them, 5.4+;
   on 5.0 a token is refused by the role with a message before any change);
-- every state item gets values that match `ss` counted at the same time (tolerance for churn);
+- every state item gets values, all from one agent call, that match `ss` counted at the same time (tolerance
+  for churn);
 - triggers fire when crossed on purpose: CLOSE_WAIT sockets held open against a lowered macro, and a LISTEN
   minimum set one above the host's real listener count (as ss counts it);
 - triggers resolve when the condition is cleared: the CLOSE_WAIT sockets closed, and the LISTEN minimum set to
   the real listener count (a LISTEN value too high never fires, one too low never resolves);
 - an agent whose UserParameter names a missing interpreter makes the master item unsupported with the shell's
-  message, and (5.4 and later) the "no data" trigger fires.
+  message, and the "no data" trigger fires (on 5.0 too);
+- on 7.0 (lab.PICTURES_VERSION), after about three minutes of a load that moves the lines, the frontend draws the
+  state graph and the host's template dashboard as PNGs (ZTS_E2E_PICTURES=docs/pictures copies them there).
 
 The agent under test is this machine's system agent on 10050, configured once by `ansible-playbook playbook.yml`
 while holding /tmp/zts-system-agent.lock for the whole matrix. When the role cannot run (the playbook fails
@@ -30,7 +33,8 @@ ZTS_E2E_AGENT=private is an explicit opt-in for working on the lab itself, NOT a
 zabbix_agentd on 127.0.0.1:10060 with the role's UserParameter file running the counter from the repository.
 ZTS_E2E_VERSIONS=6.0,7.0 runs part of the matrix; ZTS_E2E_KEEP=1 keeps the servers' logs.
 
-Needs root (debootstrap, namespaces, mounts). Cold (images to build) about 2 min more.
+Needs root (debootstrap, namespaces, mounts). About 7 minutes warm (2 min 50 s more cold: the three images
+build in parallel).
 """
 
 import fcntl
