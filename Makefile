@@ -1,7 +1,8 @@
 # The two commands a newcomer needs:
 #   make deploy   run the main job on this machine: ansible-playbook playbook.yml against localhost
 #   make test     run every test (installs what it needs: Debian packages, the controller venv)
-#   make bench    rerun the whole benchmark (1k/10k/100k sockets) and rewrite docs/BENCHMARK.md and its plot
+#   make bench    rerun the whole benchmark (1k to 1M sockets with connection churn, ~8-9 min, ~5 GB free RAM)
+#                 and rewrite docs/BENCHMARK.md and its plot
 # Both set themselves up on a fresh Debian/Ubuntu machine (run as root).
 
 VENV      ?= .venv
@@ -11,7 +12,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 
-.PHONY: deploy test venv host-packages lint unit role molecule fleet zabbix-template zabbix-e2e bench bench-smoke
+.PHONY: deploy test venv host-packages lint unit role molecule fleet zabbix-template zabbix-e2e zabbix-pictures bench \
+        bench-smoke
 
 deploy: venv
 	$(BIN)/ansible-playbook playbook.yml
@@ -51,13 +53,18 @@ molecule: venv
 fleet: venv
 	$(BIN)/molecule test -s fleet
 
-# The template as data (no server), then a real Zabbix 6.0 server, database and API started from Debian's packages
-# (tests/zabbix_server/lab.py): registration through the API, values and triggers arriving. See docs/TEMPLATE.md.
+# The template as data (no server), then real Zabbix servers 5.0 (bullseye), 6.0 (bookworm) and 7.0 (trixie), each
+# from its suite's Debian packages in its own debootstrapped root (tests/zabbix_server/server_images.py, cached in
+# /root/.cache/zts/server-rootfs), with its own PostgreSQL and frontend: registration, values, triggers, pictures.
+# See docs/TEMPLATE.md. zabbix-pictures renders docs/pictures/ again from a 7.0 run.
 zabbix-template: venv
 	$(BIN)/python -m pytest -q tests/zabbix_server/test_template.py
 
 zabbix-e2e: venv
 	$(BIN)/python -m pytest -q tests/zabbix_server/test_e2e.py
+
+zabbix-pictures: venv
+	ZTS_E2E_VERSIONS=7.0 ZTS_E2E_PICTURES=docs/pictures $(BIN)/python -m pytest -q tests/zabbix_server/test_e2e.py
 
 # The benchmark (docs/BENCHMARK.md): the whole run, and the 1k-socket smoke version that keeps the harness alive.
 bench: venv host-packages
