@@ -2,7 +2,7 @@
 """The tests' independent oracle: what `ss` (iproute2) lists, in the counter's netstat state names.
 
 Shared by the live tests (tests/integration), the Zabbix end-to-end test, the benchmark smoke test and
-tools/capture_netlink.py. It never imports the counter, so that it stays an independent reference.
+tests/fixtures/capture_netlink.py. It never imports the counter, so that it stays an independent reference.
 """
 
 import subprocess

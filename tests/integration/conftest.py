@@ -13,8 +13,7 @@ from tcp_live import AC216_VENV
 @pytest.fixture(scope='session')
 def ansible_216():
     """bin dir of a venv with ansible-core 2.16, made (once, cached outside the repo) by the fleet's own script."""
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          'tools', 'fleet', 'venv-ac216.sh')
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'fleet', 'venv-ac216.sh')
     env = dict(os.environ, ZTS_AC216_VENV=AC216_VENV, ZTS_AC216_PYTHON=sys.executable)
     result = subprocess.run([script], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

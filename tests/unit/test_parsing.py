@@ -9,7 +9,7 @@ under the targets' old interpreters where pytest is not installed (test_old_pyth
     PYTHONPATH=roles/zabbix_tcp_status/module_utils python2.7 -m unittest discover -s tests/unit -p test_parsing.py
 
 Every expected count comes from the ``ss`` socket list stored in tests/fixtures/manifest.json at capture time
-(tools/capture_netlink.py), never from the counter itself.
+(tests/fixtures/capture_netlink.py), never from the counter itself.
 """
 
 from __future__ import absolute_import, division, print_function

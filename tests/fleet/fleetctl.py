@@ -20,6 +20,7 @@ from __future__ import print_function
 
 import argparse
 import fcntl
+import importlib.util
 import json
 import os
 import secrets
@@ -40,7 +41,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BOOT = os.path.join(HERE, "boot.sh")
 
 MIRROR = os.environ.get("ZTS_MIRROR", "http://deb.debian.org/debian")
-PY27 = os.environ.get("ZTS_PY27", "/root/.pyenv/versions/2.7.18")
+def _python27_prefix():
+    """The installation prefix of CentOS 7's Python for the Python 2.7 host: $ZTS_PY27, else the newest pyenv 2.7.x
+    that tests/interpreters.py finds (loaded by path: this tool runs as a script)."""
+    if os.environ.get("ZTS_PY27"):
+        return os.environ["ZTS_PY27"]
+    spec = importlib.util.spec_from_file_location("interpreters", os.path.join(HERE, os.pardir, "interpreters.py"))
+    interpreters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(interpreters)
+    python = interpreters.find_interpreters(["2.7"]).get("2.7")
+    return os.path.dirname(os.path.dirname(python)) if python else ""
+
+
+PY27 = _python27_prefix()
 
 NET_PREFIX = "10.231.0."
 CONTROLLER_IP = NET_PREFIX + "1"
@@ -369,7 +382,7 @@ def write_inventories(hosts, invdir):
     }
     for name, data in files.items():
         with open(os.path.join(invdir, name), "w") as fh:
-            fh.write("---\n# Written by tools/fleet/fleetctl.py up; do not edit.\n")
+            fh.write("---\n# Written by tests/fleet/fleetctl.py up; do not edit.\n")
             json.dump(data, fh, indent=2)
             fh.write("\n")
     return sorted(files)

@@ -1,11 +1,11 @@
 #!/bin/bash
 # Scale figures: for each N, start a fleet of N agent hosts (plus the server host), time a converge of
 # playbook.yml and an idempotent rerun from the repo's controller venv, then stop the fleet.
-#   tools/fleet/scale.sh 1 4 16        # prints one Markdown table row per N; logs in $ZTS_SCALE_LOGS
+#   tests/fleet/scale.sh 1 4 16        # prints one Markdown table row per N; logs in $ZTS_SCALE_LOGS
 # Settings are the repo's ansible.cfg (forks, pipelining), printed with the results.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-FLEETCTL=$REPO/tools/fleet/fleetctl.py
+FLEETCTL=$REPO/tests/fleet/fleetctl.py
 LOGS=${ZTS_SCALE_LOGS:-/tmp/zts-fleet-scale}
 ANSIBLE_PLAYBOOK=${ANSIBLE_PLAYBOOK:-$REPO/.venv/bin/ansible-playbook}
 mkdir -p "$LOGS"
