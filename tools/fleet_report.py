@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Fleet report: one row per host with every TCP state, from the tcp_status module's results.
 
-    fleet_report.py RESULTS.json [--sort STATE] [--out-dir DIR]
+    fleet_report.py RESULTS.json [--sort STATE] [--out-dir DIR] [--ports N]
 
 RESULTS.json maps each inventory host to what `tcp_status` registered on it (fleet-report.yml writes it): a result
 with `counts`, or an unreachable / failed result, or {} for a host that was never reached. Writes
-DIR/fleet-report.csv and DIR/fleet-report.json and prints a table. Rows are sorted by STATE (default TIME_WAIT),
+DIR/fleet-report.csv and DIR/fleet-report.json and prints a table. With --ports N (the module having run with
+per_port=true), also the N busiest listening ports of each host (most sockets besides the listeners): a second
+table, DIR/fleet-report-ports.csv, and `ports` in each row of the JSON. Rows are sorted by STATE (default TIME_WAIT),
 highest first; hosts without counts (unreachable, failed, not reached) come last, listed with the reason, never
 dropped. Exit code 0 even when hosts are missing: the report is the product; the table says what is missing.
 """
@@ -29,9 +31,22 @@ _spec.loader.exec_module(_counter)
 STATES, ArgumentError, normalize_state = _counter.STATES, _counter.ArgumentError, _counter.normalize_state
 
 
-def classify(host, result):
-    """One row: host, status (ok, unreachable, failed, not reached), backend, total, counts, error."""
-    row = {'host': host, 'status': 'ok', 'backend': '', 'total': None, 'counts': {}, 'error': ''}
+def busiest_ports(result, limit):
+    """The first ``limit`` ports of the module's per-port breakdown (busiest first, as the counter orders them):
+    [{port, service, sockets (besides the listeners), queue, backlog, states}]."""
+    ports = []
+    for entry in (result.get('per_port') or {}).get('ports', [])[:limit]:
+        states = dict((state, int(entry['states'].get(state, 0))) for state in STATES)
+        ports.append({'port': entry['port'], 'service': entry.get('service', ''), 'queue': entry.get('queue'),
+                      'backlog': entry.get('backlog'), 'sockets': sum(states.values()) - states['LISTEN'],
+                      'states': states})
+    return ports
+
+
+def classify(host, result, ports=0):
+    """One row: host, status (ok, unreachable, failed, not reached), backend, total, counts, error, and with
+    ``ports`` the host's busiest ports."""
+    row = {'host': host, 'status': 'ok', 'backend': '', 'total': None, 'counts': {}, 'error': '', 'ports': []}
     if not result:
         row.update(status='not reached', error='no result (host not in the play, or removed from it earlier)')
     elif result.get('unreachable'):
@@ -40,7 +55,8 @@ def classify(host, result):
         row.update(status='failed', error=result.get('msg', '') or result.get('module_stderr', ''))
     else:
         row.update(backend=result.get('backend', ''), total=result.get('total'),
-                   counts=dict((state, int(result['counts'].get(state, 0))) for state in STATES))
+                   counts=dict((state, int(result['counts'].get(state, 0))) for state in STATES),
+                   ports=busiest_ports(result, ports))
     row['error'] = ' '.join(str(row['error']).split())[:300]
     return row
 
@@ -72,19 +88,40 @@ def table(rows, state):
     return '\n'.join(out)
 
 
+PORT_COLUMNS = ('ESTABLISHED', 'SYN_RECV', 'TIME_WAIT', 'CLOSE_WAIT')
+
+
+def ports_table(rows):
+    """The busiest ports of each counted host, one line per port."""
+    heads = ['HOST', 'PORT', 'SERVICE', 'SOCKETS', 'ESTAB', 'SYN_R', 'T_WAIT', 'C_WAIT', 'QUEUE']
+    lines = []
+    for r in rows:
+        for p in r['ports']:
+            queue = '{0}/{1}'.format(p['queue'], '?' if p['backlog'] is None else p['backlog'])
+            lines.append([r['host'], str(p['port']), p['service'] or '-', str(p['sockets'])]
+                         + [str(p['states'][s]) for s in PORT_COLUMNS] + [queue])
+    widths = [max([len(heads[i])] + [len(line[i]) for line in lines]) for i in range(len(heads))]
+    return '\n'.join('  '.join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in [heads] + lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('results')
     parser.add_argument('--sort', default='TIME_WAIT', help='state to sort by, highest first (default TIME_WAIT)')
     parser.add_argument('--out-dir', default='.')
+    parser.add_argument('--ports', type=int, default=0,
+                        help='also list the N busiest listening ports of each host (needs per_port=true results)')
     args = parser.parse_args(argv)
+    if args.ports < 0:
+        parser.error('--ports is a number of ports, 0 (none) or more')
     try:
         state = normalize_state(args.sort)
     except ArgumentError as exc:
         parser.error(str(exc))
     with open(args.results) as fh:
         results = json.load(fh)
-    rows = sort_rows([classify(host, result) for host, result in results.items()], state)
+    rows = sort_rows([classify(host, result, args.ports) for host, result in results.items()], state)
     if not os.path.isdir(args.out_dir):
         os.makedirs(args.out_dir)
     csv_path = os.path.join(args.out_dir, 'fleet-report.csv')
@@ -94,6 +131,16 @@ def main(argv=None):
         for r in rows:
             writer.writerow([r['host'], r['status']] + [r['counts'].get(s, '') for s in STATES]
                             + ['' if r['total'] is None else r['total'], r['backend'], r['error']])
+    if args.ports:
+        ports_path = os.path.join(args.out_dir, 'fleet-report-ports.csv')
+        with open(ports_path, 'w') as fh:
+            writer = csv.writer(fh, lineterminator='\n')
+            writer.writerow(['host', 'port', 'service', 'sockets'] + list(STATES) + ['queue', 'backlog'])
+            for r in rows:
+                for p in r['ports']:
+                    writer.writerow([r['host'], p['port'], p['service'], p['sockets']]
+                                    + [p['states'][s] for s in STATES]
+                                    + [p['queue'], '' if p['backlog'] is None else p['backlog']])
     json_path = os.path.join(args.out_dir, 'fleet-report.json')
     summary = {
         'generated': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
@@ -108,6 +155,11 @@ def main(argv=None):
         json.dump(summary, fh, indent=2)
         fh.write('\n')
     print(table(rows, state))
+    if args.ports:
+        print('')
+        print('The {0} busiest listening ports of each host (sockets besides the listeners; QUEUE is the accept '
+              'queue of the fullest listener, length/backlog):'.format(args.ports))
+        print(ports_table(rows))
     print('{0} hosts, {1} counted, {2} missing; sorted by {3}; wrote {4} and {5}'.format(
         summary['hosts'], summary['counted'], len(summary['missing']), state, csv_path, json_path))
     return 0

@@ -3,10 +3,17 @@
 controller's ansible-core and with ansible-core 2.16 on Python 2.7 and 3.6 targets, held to ss for the ports this
 test owns (tcp_live.SocketFarm checks they are used by nothing else on the host)."""
 
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
 from ss_oracle import ss_sockets
-from tcp_live import STATES, refuse_sock_diag, run_adhoc, run_adhoc_hosts, settle, zero_counts
+from tcp_live import REPO, STATES, refuse_sock_diag, run_adhoc, run_adhoc_hosts, settle, zero_counts
 from test_module_ansible import OLD_TARGETS, old_targets  # noqa: F401  (a fixture, used by name)
 
 
@@ -87,3 +94,27 @@ def test_adhoc_per_port_on_old_targets(scene, ansible_216, old_targets):  # noqa
     for host, (status, result) in sorted(results.items()):
         assert status == 'SUCCESS', (host, result)
         check(result['per_port'], scene)
+
+
+def test_fleet_report_lists_the_busiest_ports(scene, tmp_path):
+    """tools/fleet_report.py --ports on a real module result (fleet-report.yml passes fleet_report_ports to both)."""
+    ports = '{0},{1}'.format(scene['v4'], scene['dual'])
+    status, result, proc = run_adhoc('per_port=true local_ports={0}'.format(ports))
+    assert status == 'SUCCESS', proc.stdout + proc.stderr
+    results = tmp_path / 'results.json'
+    results.write_text(json.dumps({'localhost': result, 'ghost': {}}))
+    report = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'fleet_report.py'), str(results),
+                             '--out-dir', str(tmp_path), '--ports', '1'], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    with open(str(tmp_path / 'fleet-report-ports.csv')) as handle:
+        rows = list(csv.DictReader(handle))
+    # One port per host (the busier of the two: v4 has 3 connections, dual 1), as ss counts it.
+    want = ss_states('local', scene['v4'])
+    assert [(row['host'], int(row['port'])) for row in rows] == [('localhost', scene['v4'])], rows
+    assert dict((state, int(rows[0][state])) for state in STATES) == want
+    assert int(rows[0]['sockets']) == sum(want.values()) - 1 and rows[0]['backlog'] == '64'
+    assert re.search(r'(?m)^localhost\s+{0}\s+-\s+3\s+2\s+0\s+0\s+1\s+0/64$'.format(scene['v4']), report.stdout), \
+        report.stdout
+    with open(str(tmp_path / 'fleet-report.json')) as handle:
+        summary = json.load(handle)
+    assert [row['ports'] for row in summary['rows'] if row['host'] == 'ghost'] == [[]]
