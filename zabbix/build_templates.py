@@ -56,6 +56,41 @@ MASTER_KEY = role_items.item('states')['key']
 # are dependent items: one agent call per interval feeds all eleven.
 STATE_KEY = role_items.item('count')['key'] + '[{0}]'
 
+# Per-port monitoring (issue 10): the item table's per-port keys. On Zabbix 4.2+ one agent call of the ports key
+# feeds everything (a master item, dependent discovery rules, dependent item prototypes); the 3.4 XML discovers with
+# the discovery key (an agent discovery rule) and polls the count key per port.
+COUNT_KEY = role_items.item('count')['key']
+PORTS_KEY = role_items.item('ports')['key']
+DISCOVERY_KEY = role_items.item('discovery')['key']
+# The master's key: every listening port (MAX_PORTS at most), and the remote ports of {$TCP.PORT.REMOTE} (a comma
+# list, hence quoted). The same parameters go to the 3.4 XML's discovery key.
+PORTS_MASTER_KEY = PORTS_KEY + '[,"{$TCP.PORT.REMOTE}",,{$TCP.PORT.MAX}]'
+# Per side of a connection: which array of the ports JSON lists the side's ports, the discovery rule's key (the
+# table's discovery key; the remote rule asks for the remote ports, as the agent's discovery key takes them), the
+# item key of a state on one port (the agent's own count key with the port as its local or remote port filter:
+# the same number the agent answers for that key, and on 3.4 the key the agent is asked), and the states shown.
+PORT_SIDES = [
+    {'side': 'local', 'array': 'ports', 'rule_key': DISCOVERY_KEY, 'rule_key_34': DISCOVERY_KEY,
+     'state_key': COUNT_KEY + '[{0},{{#PORT}}]', 'label': 'Port {#PORT}', 'what': 'listening port',
+     'states': ['ESTABLISHED', 'SYN_RECV', 'TIME_WAIT', 'CLOSE_WAIT']},
+    {'side': 'remote', 'array': 'remote', 'rule_key': DISCOVERY_KEY + '[,"{$TCP.PORT.REMOTE}"]',
+     'rule_key_34': DISCOVERY_KEY + '[,"{$TCP.PORT.REMOTE}"]',
+     'state_key': COUNT_KEY + '[{0},,{{#PORT}}]', 'label': 'Remote port {#PORT}', 'what': 'remote port',
+     'states': ['ESTABLISHED', 'SYN_SENT', 'TIME_WAIT', 'CLOSE_WAIT']},
+]
+PORT_SIDES_BY_NAME = dict((side['side'], side) for side in PORT_SIDES)
+# The accept queue of a listening port's fullest listener, and its limit (the backlog): dependent item prototypes
+# (4.2+ only; the agent has no per-port queue key, so the 3.4 XML has no queue items).
+QUEUE_KEY = COUNT_KEY + '.queue[{#PORT}]'
+BACKLOG_KEY = COUNT_KEY + '.backlog[{#PORT}]'
+# Host-level items of the ports answer (4.2+ and 3.4: plain JSONPath): TcpExt ListenOverflows and ListenDrops as
+# rates, and how many listening ports the answer left out (MAX_PORTS).
+OVERFLOWS_KEY = COUNT_KEY + '.listen_overflows'
+DROPS_KEY = COUNT_KEY + '.listen_drops'
+TRUNCATED_KEY = COUNT_KEY + '.ports_truncated'
+PORT_GRAPH_NAMES = {'local': 'Port {#PORT}: TCP connections and accept queue',
+                    'remote': 'Remote port {#PORT}: TCP connections'}
+
 # How each state looks in the template: its graph colour and its description.
 STATE_LOOKS = [
     ('ESTABLISHED', '1A7C11', 'an open connection; data flows both ways.'),
@@ -101,6 +136,26 @@ MACROS = [
     ('{$TCP.LISTEN.MIN}', '1', 'Fewer listening sockets than this for {$TCP.LISTEN.PERIOD} raise a problem; '
                                'set it per host to the number of listeners the host must have, 0 turns it off.'),
     ('{$TCP.LISTEN.PERIOD}', '5m', 'How long listeners must stay below {$TCP.LISTEN.MIN}.'),
+    ('{$TCP.PORT.INTERVAL}', '1m', 'How often the agent counts per port (one call feeds every per-port item and '
+                                   'the discovery).'),
+    ('{$TCP.PORT.REMOTE}', '', 'Remote ports to count connections to (comma list, e.g. 3306,5432,6379; at most '
+                               '100); empty: none.'),
+    ('{$TCP.PORT.MAX}', '100', 'The most listening ports the agent reports (the busiest; 1-65536).'),
+    ('{$TCP.PORT.MATCHES}', '.*', 'Discover the listening ports that match this regular expression.'),
+    ('{$TCP.PORT.NOT_MATCHES}', 'CHANGE_IF_NEEDED', 'Do not discover the listening ports that match this regular '
+                                                    'expression (e.g. ^(22|10050)$).'),
+    ('{$TCP.PORT.LIFETIME}', '7d', 'How long the items of a port that stopped listening are kept.'),
+    ('{$TCP.PORT.QUEUE.PCT.MAX}', '80', 'Accept queue above this percentage of its limit (the backlog) for '
+                                        '{$TCP.PORT.QUEUE.PERIOD} raises a problem; per port: '
+                                        '{$TCP.PORT.QUEUE.PCT.MAX:"443"}.'),
+    ('{$TCP.PORT.QUEUE.PERIOD}', '2m', 'How long an accept queue must stay above {$TCP.PORT.QUEUE.PCT.MAX}.'),
+    ('{$TCP.PORT.CLOSE_WAIT.MAX}', '50', 'CLOSE_WAIT sockets of one port above this for {$TCP.PORT.CLOSE_WAIT.PERIOD} '
+                                         'raise a problem; per port: {$TCP.PORT.CLOSE_WAIT.MAX:"8080"}.'),
+    ('{$TCP.PORT.CLOSE_WAIT.PERIOD}', '10m', 'How long CLOSE_WAIT on a port must stay above '
+                                             '{$TCP.PORT.CLOSE_WAIT.MAX} and grow.'),
+    ('{$TCP.LISTEN_DROPS.MAX}', '0', 'Connections dropped by listeners (ListenDrops) per second above this for '
+                                     '{$TCP.LISTEN_DROPS.PERIOD} raise a problem.'),
+    ('{$TCP.LISTEN_DROPS.PERIOD}', '5m', 'How long ListenDrops must stay above {$TCP.LISTEN_DROPS.MAX}.'),
 ]
 
 # The master item's check: anything that is not a JSON object (the agent returns the script's error line as the
@@ -352,15 +407,292 @@ def _trigger(trigger, version):
 def items(version):
     """The template's items, each carrying the triggers that read it first (as Zabbix exports them)."""
     found = [_master_item()] + [_state_item(state, text) for state, _, text in STATES]
+    found += [_ports_master_item()] + _ports_host_items()
     by_key = dict((item['key'], item) for item in found)
     for trigger in TRIGGERS:
         by_key[_trigger_items(trigger)[0]].setdefault('triggers', []).append(_trigger(trigger, version))
+    for trigger in PORT_TRIGGERS:
+        if trigger['rule'] is None:
+            by_key[_port_trigger_keys(trigger)[0]].setdefault('triggers', []).append(_port_trigger(trigger, version))
     return found
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Per-port monitoring (issue 10): host-level items of the ports answer, discovery rules, prototypes.
+
+# Triggers of the per-port part: 'expr' is the expression with %(name)s where a function goes, 'funcs' the functions
+# as (function, item key, parameter or None); _render_expr() writes them in either syntax. 'rule' is the discovery
+# side a prototype belongs to (None: a host-level trigger). Names: the object first, the threshold in the event
+# name (the 3.4 XML, which has no event names, takes the event name as the name: these triggers are new there).
+PORT_STATE_KEY = PORT_SIDES_BY_NAME['local']['state_key']
+PORT_TRIGGERS = [
+    {
+        'id': 'listen_drops',
+        'rule': None,
+        'name': OBJECT + ': Listeners drop connections',
+        'event_name': OBJECT + ': Listeners drop connections (over {$TCP.LISTEN_DROPS.MAX}/s for '
+                               '{$TCP.LISTEN_DROPS.PERIOD})',
+        'expr': '%(drops)s>{$TCP.LISTEN_DROPS.MAX}',
+        'funcs': {'drops': ('min', DROPS_KEY, '{$TCP.LISTEN_DROPS.PERIOD}')},
+        'priority': 'WARNING',
+        'scope': 'performance',
+        'description': 'The kernel dropped incoming connections at a listener (TcpExt ListenDrops, which includes '
+                       'ListenOverflows: a full accept queue) all through the period: an application accepts too '
+                       'slowly, or its backlog is too small. The per-port discovery shows which port\'s accept queue '
+                       'is full; ss -Hltn shows each listener\'s queue (Recv-Q) and backlog (Send-Q).',
+    },
+    {
+        'id': 'port_queue',
+        'rule': 'local',
+        'name': OBJECT + ' port {#PORT}: Accept queue is nearly full',
+        'event_name': OBJECT + ' port {#PORT}: Accept queue is nearly full (over '
+                               '{$TCP.PORT.QUEUE.PCT.MAX:"{#PORT}"}% of the backlog for {$TCP.PORT.QUEUE.PERIOD})',
+        # Over the percentage for the whole period. A listener whose accept queue is full drops the handshakes'
+        # final ACKs (the clients sit in SYN_SENT, the server's half-open sockets in SYN_RECV, then time out).
+        'expr': '%(queue)s*100>{$TCP.PORT.QUEUE.PCT.MAX:"{#PORT}"}*%(backlog)s',
+        'funcs': {'queue': ('min', QUEUE_KEY, '{$TCP.PORT.QUEUE.PERIOD}'), 'backlog': ('last', BACKLOG_KEY, None)},
+        'priority': 'HIGH',
+        'scope': 'performance',
+        'description': 'The application listening on port {#PORT} does not accept() connections as fast as they '
+                       'arrive: once its accept queue is full, new connections are dropped (ListenOverflows) and '
+                       'clients time out. Find the process: ss -Hltnp \'( sport = :{#PORT} )\'; it is stuck, '
+                       'overloaded, or its listen backlog (Send-Q; capped by net.core.somaxconn) is too small.',
+    },
+    {
+        'id': 'port_close_wait',
+        'rule': 'local',
+        'name': OBJECT + ' port {#PORT}: Sockets pile up in CLOSE_WAIT',
+        'event_name': OBJECT + ' port {#PORT}: Sockets pile up in CLOSE_WAIT (over '
+                               '{$TCP.PORT.CLOSE_WAIT.MAX:"{#PORT}"} for {$TCP.PORT.CLOSE_WAIT.PERIOD} and not '
+                               'draining)',
+        'expr': '%(min)s>{$TCP.PORT.CLOSE_WAIT.MAX:"{#PORT}"} and %(last)s>=%(avg)s',
+        'funcs': {'min': ('min', PORT_STATE_KEY.format('CLOSE_WAIT'), '{$TCP.PORT.CLOSE_WAIT.PERIOD}'),
+                  'last': ('last', PORT_STATE_KEY.format('CLOSE_WAIT'), None),
+                  'avg': ('avg', PORT_STATE_KEY.format('CLOSE_WAIT'), '{$TCP.PORT.CLOSE_WAIT.PERIOD}')},
+        'priority': 'AVERAGE',
+        'scope': 'performance',
+        'description': 'Clients closed their connections to port {#PORT} but the application never called close(): '
+                       'it leaks sockets (file descriptors). Find it: ss -tanp state close-wait \'( sport = :{#PORT} )\'.',
+    },
+]
+
+
+def _render_expr(fmt, trigger):
+    """A PORT_TRIGGERS expression in the 6.0+ ('6.0') or the 3.4 syntax."""
+    rendered = {}
+    for name, (func, key, param) in trigger['funcs'].items():
+        if fmt == '6.0':
+            rendered[name] = '{0}(/{1}/{2}{3})'.format(func, TEMPLATE, key, '' if param is None else ',' + param)
+        else:
+            rendered[name] = '{{{0}:{1}.{2}({3})}}'.format(TEMPLATE, key, func, '' if param is None else param)
+    return trigger['expr'] % rendered
+
+
+def _port_trigger_keys(trigger):
+    """The keys a PORT_TRIGGERS entry reads, in the order of its expression."""
+    order = sorted(trigger['funcs'], key=lambda name: trigger['expr'].index('%(' + name + ')s'))
+    keys = []
+    for name in order:
+        if trigger['funcs'][name][1] not in keys:
+            keys.append(trigger['funcs'][name][1])
+    return keys
+
+
+def _port_trigger(trigger, version):
+    return {
+        'uuid': _uuid('trigger', trigger['id']),
+        'expression': _render_expr(_fmt(version), trigger),
+        'name': trigger['name'],
+        'event_name': trigger['event_name'],
+        'priority': trigger['priority'],
+        'description': trigger['description'],
+        'tags': [{'tag': 'scope', 'value': trigger['scope']}],
+    }
+
+
+def _ports_master_item():
+    return {
+        'uuid': _uuid('item', PORTS_KEY),
+        'name': 'Get per-port TCP counts',
+        'type': 'ZABBIX_PASSIVE',
+        'key': PORTS_MASTER_KEY,
+        'delay': '{$TCP.PORT.INTERVAL}',
+        'history': '0',
+        'trends': '0',
+        'value_type': 'TEXT',
+        'description': 'Every listening port\'s state counts and accept queue, the remote ports\' ({$TCP.PORT.REMOTE}) '
+                       'state counts and the host\'s ListenOverflows/ListenDrops, in one agent call, as JSON; the '
+                       'per-port discovery rules and items take their values from it. At most {$TCP.PORT.MAX} '
+                       'listening ports, the busiest. Not stored.',
+        'preprocessing': [{'type': 'CHECK_REGEX_ERROR', 'parameters': [NOT_JSON_PATTERN, NOT_JSON_OUTPUT]}],
+        'tags': [{'tag': 'component', 'value': 'raw'}],
+    }
+
+
+def _jsonpath_step(path, what):
+    return {'type': 'JSONPATH', 'parameters': [path], 'error_handler': 'CUSTOM_ERROR',
+            'error_handler_params': 'The per-port JSON has no {0}: is the agent\'s tcp_status script older than '
+                                    'the template?'.format(what)}
+
+
+def _ports_host_items():
+    """ListenOverflows and ListenDrops as per-second rates, and the count of listening ports left out."""
+    found = []
+    for key, field, name, text in (
+            (OVERFLOWS_KEY, 'listen_overflows', 'TCP listen queue overflows per second',
+             'Connections completed while their listener\'s accept queue was full (TcpExt ListenOverflows), '
+             'per second: an application that accepts too slowly.'),
+            (DROPS_KEY, 'listen_drops', 'TCP connections dropped by listeners per second',
+             'Incoming connections dropped at a listener for any reason (TcpExt ListenDrops, which includes the '
+             'overflows), per second.')):
+        found.append({
+            'uuid': _uuid('item', key),
+            'name': name,
+            'type': 'DEPENDENT',
+            'key': key,
+            'delay': '0',
+            'history': '7d',
+            'trends': '365d',
+            'value_type': 'FLOAT',
+            'units': '/s',
+            'description': text,
+            'preprocessing': [_jsonpath_step('$.' + field, field),
+                              {'type': 'CHANGE_PER_SECOND', 'parameters': [''], 'error_handler': 'DISCARD_VALUE'}],
+            'master_item': {'key': PORTS_MASTER_KEY},
+            'tags': [{'tag': 'component', 'value': 'network'}, {'tag': 'component', 'value': 'tcp'}],
+        })
+    found.append({
+        'uuid': _uuid('item', TRUNCATED_KEY),
+        'name': 'TCP listening ports left out of the per-port counts',
+        'type': 'DEPENDENT',
+        'key': TRUNCATED_KEY,
+        'delay': '0',
+        'history': '7d',
+        'trends': '365d',
+        'value_type': 'UNSIGNED',
+        'description': 'How many listening ports the agent left out of its per-port answer (the least busy; over '
+                       '{$TCP.PORT.MAX} ports, or a JSON answer over 60,000 bytes). Their items are not updated and '
+                       'go after {$TCP.PORT.LIFETIME}: raise {$TCP.PORT.MAX}, or exclude ports with '
+                       '{$TCP.PORT.NOT_MATCHES}.',
+        'preprocessing': [_jsonpath_step('$.truncated', 'truncated'),
+                          {'type': 'DISCARD_UNCHANGED_HEARTBEAT', 'parameters': ['1h']}],
+        'master_item': {'key': PORTS_MASTER_KEY},
+        'tags': [{'tag': 'component', 'value': 'network'}, {'tag': 'component', 'value': 'tcp'}],
+    })
+    return found
+
+
+def port_jsonpath(side, field):
+    """The JSONPath of one field ('states.ESTABLISHED', 'queue', 'backlog') of the port {#PORT} on a side."""
+    return '$.{0}[?(@.port=={{#PORT}})].{1}.first()'.format(PORT_SIDES_BY_NAME[side]['array'], field)
+
+
+def _port_item(side, key, name, field, value_type, description, extra_steps=()):
+    return {
+        'uuid': _uuid('item_prototype', key),
+        'name': name,
+        'type': 'DEPENDENT',
+        'key': key,
+        'delay': '0',
+        'history': '7d',
+        'trends': '365d',
+        'value_type': value_type,
+        'description': description,
+        # A port that stopped listening is no longer in the answer: its items get no value (the discovery
+        # removes them after {$TCP.PORT.LIFETIME}) rather than an error every interval.
+        'preprocessing': [{'type': 'JSONPATH', 'parameters': [port_jsonpath(side['side'], field)],
+                           'error_handler': 'DISCARD_VALUE'}] + list(extra_steps),
+        'master_item': {'key': PORTS_MASTER_KEY},
+        'tags': [{'tag': 'component', 'value': 'network'}, {'tag': 'component', 'value': 'tcp'},
+                 {'tag': 'port', 'value': '{#PORT}'}, {'tag': 'service', 'value': '{#SERVICE}'}],
+    }
+
+
+def port_item_prototypes(side_name):
+    """[(key, name, field, value type, description, extra steps)] of one side, in the order of the export."""
+    side = PORT_SIDES_BY_NAME[side_name]
+    found = []
+    for state in side['states']:
+        text = [t for s, _, t in STATES if s == state][0]
+        found.append((side['state_key'].format(state), '{0}: sockets in {1}'.format(side['label'], state),
+                      'states.' + state, 'UNSIGNED',
+                      'TCP sockets in {0} whose {1} port is {{#PORT}} ({{#SERVICE}}): {2}'.format(
+                          state, side['side'], text), ()))
+    if side_name == 'local':
+        found.append((QUEUE_KEY, side['label'] + ': accept queue', 'queue', 'UNSIGNED',
+                      'Connections waiting in the accept queue of the fullest listener on port {#PORT} '
+                      '({#SERVICE}): completed handshakes the application has not accept()ed yet (ss -lt: '
+                      'Recv-Q).', ()))
+        found.append((BACKLOG_KEY, side['label'] + ': accept queue limit', 'backlog', 'UNSIGNED',
+                      'The accept queue\'s limit of that listener (the listen() backlog, capped by '
+                      'net.core.somaxconn; ss -lt: Send-Q). The queue holds at most one more.',
+                      ({'type': 'DISCARD_UNCHANGED_HEARTBEAT', 'parameters': ['1h']},)))
+    return found
+
+
+def _graph_prototype(side_name):
+    side = PORT_SIDES_BY_NAME[side_name]
+    colours = dict((state, colour) for state, colour, _ in STATES)
+    keys = [(side['state_key'].format(state), colours[state]) for state in side['states']]
+    if side_name == 'local':
+        keys.append((QUEUE_KEY, '1E88E5'))
+    return {
+        'uuid': _uuid('graph_prototype', PORT_GRAPH_NAMES[side_name]),
+        'name': PORT_GRAPH_NAMES[side_name],
+        'graph_items': [{'sortorder': str(i), 'color': colour, 'item': {'host': TEMPLATE, 'key': key}}
+                        for i, (key, colour) in enumerate(keys)],
+    }
+
+
+def _discovery_rule(side_name, version):
+    side = PORT_SIDES_BY_NAME[side_name]
+    prototypes = [_port_item(side, *row) for row in port_item_prototypes(side_name)]
+    by_key = dict((item['key'], item) for item in prototypes)
+    rule_triggers = []
+    for trigger in PORT_TRIGGERS:
+        if trigger['rule'] != side_name:
+            continue
+        keys = _port_trigger_keys(trigger)
+        if len(keys) == 1:
+            by_key[keys[0]].setdefault('trigger_prototypes', []).append(_port_trigger(trigger, version))
+        else:
+            rule_triggers.append(_port_trigger(trigger, version))
+    rule = {
+        'uuid': _uuid('discovery_rule', side_name),
+        'name': ('Listening port discovery' if side_name == 'local' else 'Remote port discovery'),
+        'type': 'DEPENDENT',
+        'key': side['rule_key'],
+        'delay': '0',
+    }
+    if side_name == 'local':
+        rule['filter'] = {
+            'evaltype': 'AND',
+            'conditions': [
+                {'macro': '{#PORT}', 'value': '{$TCP.PORT.MATCHES}', 'formulaid': 'A'},
+                {'macro': '{#PORT}', 'value': '{$TCP.PORT.NOT_MATCHES}', 'operator': 'NOT_MATCHES_REGEX',
+                 'formulaid': 'B'},
+            ],
+        }
+    rule['lifetime'] = '{$TCP.PORT.LIFETIME}'
+    rule['description'] = (
+        'Every {0} in the per-port answer ({1}; {{#PORT}}, {{#SERVICE}}: its /etc/services name or empty), from '
+        'the master item: no agent call of its own.'.format(
+            side['what'], 'filtered by {$TCP.PORT.MATCHES} and {$TCP.PORT.NOT_MATCHES}' if side_name == 'local'
+            else 'the ports of {$TCP.PORT.REMOTE}'))
+    rule['item_prototypes'] = prototypes
+    if rule_triggers:
+        rule['trigger_prototypes'] = rule_triggers
+    rule['graph_prototypes'] = [_graph_prototype(side_name)]
+    rule['master_item'] = {'key': PORTS_MASTER_KEY}
+    rule['lld_macro_paths'] = [{'lld_macro': '{#PORT}', 'path': '$.port'},
+                               {'lld_macro': '{#SERVICE}', 'path': '$.service'}]
+    rule['preprocessing'] = [_jsonpath_step('$.' + side['array'], side['array'])]
+    return rule
+
+
 def discovery_rules(version):
-    """Low-level discovery rules (none yet: per-port discovery comes here)."""
-    return []
+    """The per-port discovery rules (4.2+): dependent on the ports master item, one per side."""
+    return [_discovery_rule(side['side'], version) for side in PORT_SIDES]
 
 
 def graphs(version):
@@ -426,6 +758,9 @@ def dashboards(version):
     """A template dashboard (6.0 and later): the stacked state graph, and the watched states' latest values."""
     columns = GRID_COLUMNS[version]
     widgets = (_widgets_70 if version == '7.0' else _widgets_60)(columns) + _per_port_widgets(version)
+    # The widgets in the order Zabbix exports (and compares) them: 7.0 by type; 6.0 the graph prototype first.
+    widgets.sort(key=(lambda widget: widget['type']) if version == '7.0' else
+                 (lambda widget: widget['type'] != 'GRAPH_PROTOTYPE'))
     for widget in widgets:
         # Zabbix exports (and compares) a widget's fields in its own order: 6.0 by field type (integers before
         # items and graphs), 7.0 by name.
@@ -438,9 +773,25 @@ def dashboards(version):
     }]
 
 
+# The per-port graphs on the dashboard: the listening ports' graph prototype, one small graph per discovered port,
+# in a grid under the state graph (the busiest ports first only as Zabbix sorts them: by name).
+PORT_WIDGET_GRID = {'columns': '3', 'rows': '2'}
+
+
 def _per_port_widgets(version):
-    """Graph prototype widgets of per-port discovery (none yet)."""
-    return []
+    """The graph prototype widget of the listening ports (below the state graph and the watched states)."""
+    name = PORT_GRAPH_NAMES['local']
+    fields = [_field('INTEGER', 'columns', PORT_WIDGET_GRID['columns']),
+              _field('INTEGER', 'rows', PORT_WIDGET_GRID['rows'])]
+    if version == '7.0':
+        fields += [_field('GRAPH_PROTOTYPE', 'graphid.0', {'host': TEMPLATE, 'name': name}),
+                   _field('STRING', 'reference', 'AAAAC')]
+        kind = 'graphprototype'
+    else:
+        fields += [_field('GRAPH_PROTOTYPE', 'graphid', {'host': TEMPLATE, 'name': name})]
+        kind = 'GRAPH_PROTOTYPE'
+    return [{'type': kind, 'name': 'Listening ports', 'y': '11', 'width': str(GRID_COLUMNS[version]),
+             'height': '12', 'fields': fields}]
 
 
 def model(version):
@@ -458,7 +809,9 @@ def model(version):
     if rules:
         template['discovery_rules'] = rules
     template['tags'] = [{'tag': 'class', 'value': 'os'}, {'tag': 'target', 'value': 'linux'}]
-    template['macros'] = [{'macro': m, 'value': v, 'description': d} for m, v, d in sorted(MACROS)]
+    # An empty value is left out, as Zabbix exports it (importcompare sees a change otherwise).
+    template['macros'] = [dict([('macro', m)] + ([('value', v)] if v else []) + [('description', d)])
+                          for m, v, d in sorted(MACROS)]
     template['dashboards'] = dashboards(version)
     export = {'version': version}
     if version == '6.0':
@@ -482,12 +835,29 @@ GRAPH_ITEM_DEFAULTS = {'sortorder': '0'}
 WIDGET_DEFAULTS = {'x': '0', 'y': '0'}
 
 
+RULE_DEFAULTS = {'type': 'ZABBIX_PASSIVE', 'delay': '1h'}
+CONDITION_DEFAULTS = {'operator': 'MATCHES_REGEX'}
+
+
+def _drop(node, defaults):
+    for key, value in defaults.items():
+        if node.get(key) == value:
+            del node[key]
+
+
 def _drop_defaults(export):
     for template in export['zabbix_export']['templates']:
         for item in template['items']:
-            for key, value in ITEM_DEFAULTS.items():
-                if item.get(key) == value:
-                    del item[key]
+            _drop(item, ITEM_DEFAULTS)
+        for rule in template.get('discovery_rules', []):
+            _drop(rule, RULE_DEFAULTS)
+            for condition in rule.get('filter', {}).get('conditions', []):
+                _drop(condition, CONDITION_DEFAULTS)
+            for item in rule['item_prototypes']:
+                _drop(item, ITEM_DEFAULTS)
+            for graph in rule.get('graph_prototypes', []):
+                for graph_item in graph['graph_items']:
+                    _drop(graph_item, GRAPH_ITEM_DEFAULTS)
         for dashboard in template.get('dashboards', []):
             for page in dashboard['pages']:
                 for widget in page['widgets']:
@@ -560,8 +930,9 @@ def _sub(parent, tag, text=None):
     return el
 
 
-def _xml_item(items, name, type_, key, delay, history, trends, value_type, description, steps, master):
-    item = _sub(items, 'item')
+def _xml_item(items, name, type_, key, delay, history, trends, value_type, description, steps, master,
+              prototype=False):
+    item = _sub(items, 'item_prototype' if prototype else 'item')
     _sub(item, 'name', name)
     _sub(item, 'type', type_)
     for tag in ITEM_EMPTY:
@@ -585,6 +956,8 @@ def _xml_item(items, name, type_, key, delay, history, trends, value_type, descr
     _sub(item, 'inventory_link', '0')
     apps = _sub(item, 'applications')
     _sub(_sub(apps, 'application'), 'name', 'TCP states')
+    if prototype:
+        _sub(item, 'application_prototypes')
     _sub(item, 'valuemap')
     pre = _sub(item, 'preprocessing')
     for step_type, params in steps:
@@ -592,7 +965,7 @@ def _xml_item(items, name, type_, key, delay, history, trends, value_type, descr
         _sub(step, 'type', step_type)
         _sub(step, 'params', params)
     _sub(item, 'jmx_endpoint')
-    master_el = _sub(item, 'master_item')
+    master_el = _sub(item, 'master_item_prototype' if prototype else 'master_item')
     if master:
         _sub(master_el, 'key', master)
     _sub(item, 'logtimefmt')
@@ -620,13 +993,14 @@ def render_xml():
         # 18 = dependent item, 3 = numeric unsigned, 12 = JSONPath
         _xml_item(items, 'TCP states: {0}'.format(state), '18', STATE_KEY.format(state), '0', '7d', '365d', '3',
                   _state_description(state, text), [('12', '$.' + state)], MASTER_KEY)
-    _sub(template, 'discovery_rules')
+    _xml_ports_items(items)
+    _xml_discovery_rules(_sub(template, 'discovery_rules'))
     _sub(template, 'httptests')
     macros = _sub(template, 'macros')
     for macro, value, _ in sorted(MACROS):
         el = _sub(macros, 'macro')
         _sub(el, 'macro', macro)
-        _sub(el, 'value', value)
+        _sub(el, 'value', value or None)
     _sub(template, 'screens')
     triggers = _sub(root, 'triggers')
     for trigger in TRIGGERS:
@@ -653,6 +1027,9 @@ def render_xml():
         tag = _sub(_sub(el, 'tags'), 'tag')
         _sub(tag, 'tag', 'scope')
         _sub(tag, 'value', trigger['scope'])
+    for trigger in PORT_TRIGGERS:
+        if trigger['rule'] is None:
+            _xml_trigger(triggers, 'trigger', trigger)
     graph = _sub(_sub(root, 'graphs'), 'graph')
     for tag, text in (('name', GRAPH_NAME), ('width', '900'), ('height', '200'), ('yaxismin', '0.0000'),
                       ('yaxismax', '100.0000'), ('show_work_period', '1'), ('show_triggers', '1'),
@@ -674,6 +1051,115 @@ def render_xml():
     text = minidom.parseString(ET.tostring(root, encoding='unicode')).toprettyxml(indent='    ',
                                                                                     encoding='UTF-8')
     return text.decode('utf-8')
+
+
+GRAPH_34_HEAD = (('width', '900'), ('height', '200'), ('yaxismin', '0.0000'), ('yaxismax', '100.0000'),
+                 ('show_work_period', '1'), ('show_triggers', '1'))
+GRAPH_34_TAIL = (('show_legend', '1'), ('show_3d', '0'), ('percent_left', '0.0000'), ('percent_right', '0.0000'),
+                 ('ymin_type_1', '0'), ('ymax_type_1', '0'))
+
+
+def _xml_trigger(parent, tag, trigger):
+    """A PORT_TRIGGERS entry as a 3.4 trigger or trigger prototype (its event name as the name: 3.4 has none)."""
+    el = _sub(parent, tag)
+    _sub(el, 'expression', _render_expr('3.4', trigger))
+    _sub(el, 'recovery_mode', '0')
+    _sub(el, 'recovery_expression')
+    _sub(el, 'name', trigger['event_name'])
+    _sub(el, 'correlation_mode', '0')
+    _sub(el, 'correlation_tag')
+    _sub(el, 'url')
+    _sub(el, 'status', '0')
+    _sub(el, 'priority', PRIORITY_34[trigger['priority']])
+    _sub(el, 'description', trigger['description'])
+    _sub(el, 'type', '0')
+    _sub(el, 'manual_close', '0')
+    _sub(el, 'dependencies')
+    tag_el = _sub(_sub(el, 'tags'), 'tag')
+    _sub(tag_el, 'tag', 'scope')
+    _sub(tag_el, 'value', trigger['scope'])
+
+
+def _xml_ports_items(items):
+    """3.4: the ports master item (one agent call) and its host-level dependent items (plain JSONPath; change per
+    second exists there)."""
+    _xml_item(items, 'TCP ports: per-port counts (JSON)', '0', PORTS_MASTER_KEY, '{$TCP.PORT.INTERVAL}', '1h', '0',
+              '4', _ports_master_item()['description'], [('5', '^(\\{.*\\})\n\\1')], None)
+    for item in _ports_host_items():
+        steps = [('12', item['preprocessing'][0]['parameters'][0])]
+        if any(step['type'] == 'CHANGE_PER_SECOND' for step in item['preprocessing']):
+            steps.append(('10', ''))
+        _xml_item(items, item['name'], '18', item['key'], '0', item['history'], item['trends'],
+                  '0' if item['value_type'] == 'FLOAT' else '3', item['description'], steps, PORTS_MASTER_KEY)
+
+
+def _xml_discovery_rules(rules):
+    """3.4 has no dependent discovery and no JSONPath filters: an agent discovery rule per side on the discovery
+    key (the LLD format with the data wrapper), and per-port agent items on the count key (no accept queue: the
+    agent has no per-port queue key)."""
+    for side in PORT_SIDES:
+        rule = _sub(rules, 'discovery_rule')
+        _sub(rule, 'name', 'Listening port discovery' if side['side'] == 'local' else 'Remote port discovery')
+        _sub(rule, 'type', '0')
+        for tag in ITEM_EMPTY:
+            _sub(rule, tag)
+        _sub(rule, 'key', side['rule_key_34'])
+        _sub(rule, 'delay', '{$TCP.PORT.INTERVAL}')
+        _sub(rule, 'status', '0')
+        _sub(rule, 'allowed_hosts')
+        for tag, text in SNMPV3:
+            _sub(rule, tag, text or None)
+        for tag in ('params', 'ipmi_sensor'):
+            _sub(rule, tag)
+        _sub(rule, 'authtype', '0')
+        for tag in ('username', 'password', 'publickey', 'privatekey', 'port'):
+            _sub(rule, tag)
+        filter_el = _sub(rule, 'filter')
+        _sub(filter_el, 'evaltype', '0')
+        _sub(filter_el, 'formula')
+        conditions = _sub(filter_el, 'conditions')
+        # 8 = matches (3.4 has no "does not match": {$TCP.PORT.NOT_MATCHES} is 4.2+ only)
+        wanted = ([('{#PORT}', '{$TCP.PORT.MATCHES}')] if side['side'] == 'local' else
+                  [('{#SIDE}', '^remote$')])
+        for i, (macro, value) in enumerate(wanted):
+            condition = _sub(conditions, 'condition')
+            _sub(condition, 'macro', macro)
+            _sub(condition, 'value', value)
+            _sub(condition, 'operator', '8')
+            _sub(condition, 'formulaid', 'ABCD'[i])
+        _sub(rule, 'lifetime', '{$TCP.PORT.LIFETIME}')
+        _sub(rule, 'description', 'Every {0} the agent\'s discovery key lists ({{#PORT}}, {{#SERVICE}}, {{#SIDE}}).'.format(
+            side['what']))
+        prototypes = _sub(rule, 'item_prototypes')
+        for state in side['states']:
+            key = side['state_key'].format(state)
+            row = [r for r in port_item_prototypes(side['side']) if r[0] == key][0]
+            _xml_item(prototypes, row[1], '0', key, '{$TCP.PORT.INTERVAL}', '7d', '365d', '3', row[4], [], None,
+                      prototype=True)
+        trigger_prototypes = _sub(rule, 'trigger_prototypes')
+        for trigger in PORT_TRIGGERS:
+            if trigger['rule'] == side['side'] and all(key.startswith(COUNT_KEY + '[')
+                                                       for key in _port_trigger_keys(trigger)):
+                _xml_trigger(trigger_prototypes, 'trigger_prototype', trigger)
+        graph = _sub(_sub(rule, 'graph_prototypes'), 'graph_prototype')
+        _sub(graph, 'name', PORT_GRAPH_NAMES[side['side']].replace(' and accept queue', ''))
+        for tag, text in GRAPH_34_HEAD + (('type', '0'),) + GRAPH_34_TAIL:
+            _sub(graph, tag, text)
+        _sub(graph, 'ymin_item_1', '0')
+        _sub(graph, 'ymax_item_1', '0')
+        gitems = _sub(graph, 'graph_items')
+        for i, graph_item in enumerate(_graph_prototype(side['side'])['graph_items']):
+            if not graph_item['item']['key'].startswith(COUNT_KEY + '['):
+                continue
+            gi = _sub(gitems, 'graph_item')
+            for tag, text in (('sortorder', str(i)), ('drawtype', '0'), ('color', graph_item['color']),
+                              ('yaxisside', '0'), ('calc_fnc', '2'), ('type', '0')):
+                _sub(gi, tag, text)
+            ref = _sub(gi, 'item')
+            _sub(ref, 'host', TEMPLATE)
+            _sub(ref, 'key', graph_item['item']['key'])
+        _sub(rule, 'host_prototypes')
+        _sub(rule, 'jmx_endpoint')
 
 
 def outputs():

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import sys
 import xml.etree.ElementTree as ET
 
@@ -87,6 +88,14 @@ def yitems(ytemplate):
 
 
 @pytest.fixture(scope='module')
+def ystates(yitems):
+    """The all-states part: the master tcp.status.json and its eleven dependent items (the per-port part, its own
+    master and items, is checked below)."""
+    return dict((key, item) for key, item in yitems.items()
+                if key == MASTER_KEY or item.get('master_item', {}).get('key') == MASTER_KEY)
+
+
+@pytest.fixture(scope='module')
 def x():
     return ET.parse(XML_FILE).getroot()
 
@@ -108,6 +117,14 @@ def yaml_triggers(ytemplate, y):
     for item in ytemplate['items']:
         found.extend(item.get('triggers', []))
     return found + list(y.get('triggers', []))
+
+
+STATE_TRIGGER_UUIDS = set(build_templates._uuid('trigger', t['id']) for t in build_templates.TRIGGERS)
+
+
+def state_triggers(ytemplate, y):
+    """The all-states part's triggers (the per-port part's are checked below)."""
+    return [t for t in yaml_triggers(ytemplate, y) if t['uuid'] in STATE_TRIGGER_UUIDS]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -168,8 +185,9 @@ def test_uuids_are_unique_and_well_formed(y):
             for value in node:
                 walk(value)
     walk(y)
-    # groups + template + 12 items + 5 triggers + graph + dashboard
-    assert len(uuids) == 1 + 1 + 12 + 5 + 1 + 1
+    # groups + template + 12 items + 5 triggers + graph + dashboard; the per-port part: its master, 3 host items,
+    # 1 trigger, 2 discovery rules with 6 + 4 item prototypes, 2 trigger prototypes and 2 graph prototypes
+    assert len(uuids) == 1 + 1 + 12 + 5 + 1 + 1 + (1 + 3 + 1 + 2 + 10 + 2 + 2)
     assert len(set(uuids)) == len(uuids)
     assert all(UUID_RE.match(u) and u[12] == '4' for u in uuids), uuids
 
@@ -204,7 +222,8 @@ def test_xml_items_have_every_element_the_34_importer_requires(xitems):
 # Items: one master, a dependent item per state, keys the script answers
 
 
-def test_items_yaml(yitems):
+def test_items_yaml(ystates):
+    yitems = ystates
     assert sorted(yitems) == sorted([MASTER_KEY] + ['tcp.status[{0}]'.format(s) for s in STATES])
     master = yitems[MASTER_KEY]
     assert master['type'] == 'ZABBIX_PASSIVE' and master['value_type'] == 'TEXT'
@@ -221,6 +240,7 @@ def test_items_yaml(yitems):
 
 def test_items_xml_match_yaml(xitems, yitems):
     assert sorted(xitems) == sorted(yitems)
+    yitems = dict((key, item) for key, item in yitems.items() if key.startswith('tcp.status[') or key == MASTER_KEY)
     master = xitems[MASTER_KEY]
     assert master.findtext('type') == '0' and master.findtext('value_type') == '4'
     assert master.findtext('trends') == '0'
@@ -244,8 +264,8 @@ def test_master_key_is_the_roles_json_key(yitems):
     assert defaults['zabbix_tcp_status_json_key'] == MASTER_KEY
 
 
-def test_every_state_key_is_answered_by_the_script(yitems):
-    for key in yitems:
+def test_every_state_key_is_answered_by_the_script(ystates):
+    for key in ystates:
         if key == MASTER_KEY:
             continue
         state = re.match(r'^tcp\.status\[([A-Z_0-9]+)\]$', key).group(1)
@@ -253,14 +273,16 @@ def test_every_state_key_is_answered_by_the_script(yitems):
         assert code == 0 and err == '' and re.match(r'^\d+\n?$', out), (key, code, out, err)
 
 
-def test_every_jsonpath_resolves_against_real_output(yitems, xitems, real_all):
+def test_every_jsonpath_resolves_against_real_output(ystates, xitems, real_all):
     assert sorted(real_all) == sorted(STATES)
-    for key, item in yitems.items():
+    for key, item in ystates.items():
         for step in item.get('preprocessing', []):
             if step['type'] == 'JSONPATH':
                 value = jsonpath(real_all, step['parameters'][0])
                 assert isinstance(value, int) and value >= 0, (key, value)
     for key, item in xitems.items():
+        if item.findtext('master_item/key') != MASTER_KEY:
+            continue
         for step in item.findall('preprocessing/step'):
             if step.findtext('type') == '12':
                 assert isinstance(jsonpath(real_all, step.findtext('params')), int), key
@@ -303,7 +325,7 @@ def _macros_used(text):
 def test_triggers_reference_existing_items_and_defined_macros(ytemplate, y, yitems):
     defined = set(m['macro'] for m in ytemplate['macros'])
     assert len(defined) == len(ytemplate['macros'])
-    triggers = yaml_triggers(ytemplate, y)
+    triggers = state_triggers(ytemplate, y)
     assert len(triggers) == 5
     used = set()
     for trigger in triggers:
@@ -317,6 +339,12 @@ def test_triggers_reference_existing_items_and_defined_macros(ytemplate, y, yite
     used_anywhere = set()
     for item in ytemplate['items']:
         used_anywhere |= _macros_used(item['delay'])
+    # The per-port part's macros: in its master's key and interval, its triggers and its discovery rules.
+    used_anywhere |= _macros_used(json.dumps(ytemplate.get('discovery_rules', [])))
+    for item in ytemplate['items']:
+        used_anywhere |= _macros_used(item['key'])
+        for trigger in item.get('triggers', []):
+            used_anywhere |= _macros_used(trigger['expression'])
     assert (used | used_anywhere) == defined, 'macros defined but never used: {0}'.format(
         defined - used - used_anywhere)
 
@@ -329,8 +357,8 @@ def test_trigger_topics(ytemplate, y):
 
 
 def test_xml_triggers_match_yaml(x, ytemplate, y, xitems):
-    xtriggers = x.findall('./triggers/trigger')
-    ytriggers = yaml_triggers(ytemplate, y)
+    xtriggers = [t for t in x.findall('./triggers/trigger') if t.findtext('name') in FIRST_TRIGGER_NAMES_34]
+    ytriggers = state_triggers(ytemplate, y)
     # The XML keeps the first published names (the 3.4-5.x importers match triggers by name): see GUIDELINES.
     assert sorted(t.findtext('name') for t in xtriggers) == sorted(FIRST_TRIGGER_NAMES_34)
     assert len(xtriggers) == len(ytriggers)
@@ -361,7 +389,9 @@ def test_xml_triggers_match_yaml(x, ytemplate, y, xitems):
 
 def test_macro_values(ytemplate):
     for macro in ytemplate['macros']:
-        assert MACRO_RE.match(macro['macro']) and macro['value'] != '' and macro['description'], macro
+        # Only the remote port list is empty by default (no remote ports counted); Zabbix exports no empty value.
+        assert MACRO_RE.match(macro['macro']) and macro['description'], macro
+        assert macro.get('value', '') != '' or macro['macro'] == '{$TCP.PORT.REMOTE}', macro
 
 
 def test_graph_stacks_every_state(y, x):
@@ -398,7 +428,8 @@ def test_guideline_template_name_says_what_and_how(ytemplate):
     assert ('class', 'os') in _tags(ytemplate) and ('target', 'linux') in _tags(ytemplate)
 
 
-def test_guideline_master_item_keeps_no_history(yitems):
+def test_guideline_master_item_keeps_no_history(ystates):
+    yitems = ystates
     master = yitems[MASTER_KEY]
     assert master['history'] == '0' and master['trends'] == '0'
     assert ('component', 'raw') in _tags(master)
@@ -415,9 +446,11 @@ def test_guideline_every_item_has_a_component_tag(yitems):
 
 def test_guideline_dependent_items_have_an_error_handler(yitems):
     for key, item in yitems.items():
-        if key == MASTER_KEY:
-            continue
+        if 'master_item' not in item:
+            continue  # the masters: their check turns an error line into the item's error
         for step in item['preprocessing']:
+            if step['type'] == 'DISCARD_UNCHANGED_HEARTBEAT':
+                continue  # cannot fail
             assert step.get('error_handler') in ('CUSTOM_ERROR', 'DISCARD_VALUE', 'CUSTOM_VALUE'), (key, step)
             if step['error_handler'] == 'CUSTOM_ERROR':
                 assert step['error_handler_params'].strip(), key
@@ -450,7 +483,7 @@ def test_guideline_triggers_read_items_that_keep_history(ytemplate, y, yitems):
 
 
 def test_guideline_state_triggers_depend_on_no_data(ytemplate, y):
-    triggers = yaml_triggers(ytemplate, y)
+    triggers = state_triggers(ytemplate, y)
     nodata = [t for t in triggers if t['expression'].startswith('nodata(')]
     assert len(nodata) == 1
     expected = [{'name': nodata[0]['name'], 'expression': nodata[0]['expression']}]
@@ -486,6 +519,7 @@ def test_dashboard(y, ytemplate):
     widgets = [w for page in dashboards[0]['pages'] for w in page['widgets']]
     graph_names = set(g['name'] for g in y['graphs'])
     keys = set(item['key'] for item in ytemplate['items'])
+    prototype_names = set(g['name'] for rule in ytemplate['discovery_rules'] for g in rule['graph_prototypes'])
     kinds = set()
     for widget in widgets:
         x_pos, width = int(widget.get('x', '0')), int(widget['width'])
@@ -496,6 +530,9 @@ def test_dashboard(y, ytemplate):
                 assert field['value']['name'] in graph_names
             if field['type'] == 'ITEM':
                 assert field['value']['host'] == TEMPLATE and field['value']['key'] in keys
+            if field['type'] == 'GRAPH_PROTOTYPE':
+                assert field['value'] == {'host': TEMPLATE, 'name': field['value']['name']}
+                assert field['value']['name'] in prototype_names
         names = [field['name'] for field in widget['fields']]
         if y['version'] == '7.0':
             # Widgets are modules in 7.0, each with a reference of its own; repeated fields are numbered.
@@ -507,4 +544,257 @@ def test_dashboard(y, ytemplate):
         kinds.add(widget['type'])
     refs = [f['value'] for w in widgets for f in w['fields'] if f['name'] == 'reference']
     assert len(set(refs)) == len(refs)
-    assert kinds == ({'graph', 'itemhistory'} if y['version'] == '7.0' else {'GRAPH_CLASSIC', 'PLAIN_TEXT'})
+    assert kinds == ({'graph', 'itemhistory', 'graphprototype'} if y['version'] == '7.0' else
+                     {'GRAPH_CLASSIC', 'PLAIN_TEXT', 'GRAPH_PROTOTYPE'})
+    # The per-port graphs sit under the state graph, across the whole width, and do not overlap it.
+    ports = [w for w in widgets if w['type'] in ('graphprototype', 'GRAPH_PROTOTYPE')]
+    assert len(ports) == 1 and int(ports[0]['y']) >= max(int(w['height']) for w in widgets if w is not ports[0])
+    assert int(ports[0].get('x', '0')) == 0 and int(ports[0]['width']) == columns
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per-port monitoring (issue 10): keys from the item table, JSONPaths against the real script's `ports` answer on
+# sockets this test holds, the discovery, triggers with context macros, the 3.4 XML's agent discovery.
+
+import socket  # noqa: E402
+
+from zabbix import role_items  # noqa: E402
+
+COUNT_KEY = role_items.item('count')['key']
+PORTS_KEY = role_items.item('ports')['key']
+DISCOVERY_KEY = role_items.item('discovery')['key']
+PORT_JSONPATH_RE = re.compile(r'^\$\.(ports|remote)\[\?\(@\.port==\{#PORT\}\)\]\.([a-z]+(?:\.[A-Z_0-9]+)?)\.first\(\)$')
+
+
+def port_jsonpath(doc, path, port):
+    """Zabbix JSONPath for the form the prototypes use, with {#PORT} resolved: $.ARRAY[?(@.port==N)].FIELD.first().
+    None where nothing matches (Zabbix's "no data matches": the prototypes discard the value then)."""
+    match = PORT_JSONPATH_RE.match(path)
+    assert match, path
+    for entry in doc[match.group(1)]:
+        if entry['port'] == port:
+            value = entry
+            for part in match.group(2).split('.'):
+                if part not in value:
+                    return None
+                value = value[part]
+            return value
+    return None
+
+
+@pytest.fixture(scope='module')
+def held_port():
+    """A listener on loopback with a backlog of 2 that never accepts: 3 connections fill its accept queue (queue 3 =
+    backlog + 1); 1 more, accepted and closed by its client, sits in CLOSE_WAIT on the listener's port."""
+    server = socket.socket()
+    server.bind(('127.0.0.1', 0))
+    server.listen(2)
+    port = server.getsockname()[1]
+    clients = []
+    first = socket.create_connection(('127.0.0.1', port))
+    accepted, _ = server.accept()
+    first.close()  # the accepted side: CLOSE_WAIT
+    for _ in range(3):
+        clients.append(socket.create_connection(('127.0.0.1', port)))
+    time.sleep(0.3)
+    yield port
+    for sock in clients + [accepted, server]:
+        sock.close()
+
+
+@pytest.fixture(scope='module')
+def real_ports(held_port):
+    code, out, err = run_counter('ports')
+    assert code == 0 and err == '', (code, err)
+    return json.loads(out)
+
+
+def _rules(ytemplate):
+    return dict((rule['key'], rule) for rule in ytemplate['discovery_rules'])
+
+
+def _ports_master(yitems):
+    masters = [key for key in yitems if key.startswith(PORTS_KEY + '[')]
+    assert len(masters) == 1, masters
+    return yitems[masters[0]]
+
+
+def test_ports_master_is_the_tables_ports_key(yitems):
+    master = _ports_master(yitems)
+    # The master asks the agent's ports key: every listening port, the remote ports of a macro, at most MAX_PORTS.
+    assert master['key'] == PORTS_KEY + '[,"{$TCP.PORT.REMOTE}",,{$TCP.PORT.MAX}]'
+    assert master['type'] == 'ZABBIX_PASSIVE' and master['value_type'] == 'TEXT'
+    assert master['history'] == '0' and master['trends'] == '0' and ('component', 'raw') in _tags(master)
+    assert [s['type'] for s in master['preprocessing']] == ['CHECK_REGEX_ERROR']
+    # The agent answers it with the parameters the template passes (empty remote list, the default MAX_PORTS).
+    code, out, err = run_counter('ports', '', '', '', '100')
+    assert code == 0 and err == '' and set(json.loads(out)) == {'ports', 'remote', 'truncated', 'listen_overflows',
+                                                                 'listen_drops'}
+    pattern = master['preprocessing'][0]['parameters'][0]
+    assert re.match(pattern, out) is None and re.match(pattern, 'tcp_status: bad MAX_PORTS') is not None
+
+
+def test_discovery_rules_are_dependent_on_the_master(ytemplate, yitems):
+    master = _ports_master(yitems)['key']
+    rules = _rules(ytemplate)
+    assert sorted(rules) == sorted([DISCOVERY_KEY, DISCOVERY_KEY + '[,"{$TCP.PORT.REMOTE}"]'])
+    for key, rule in rules.items():
+        assert rule['type'] == 'DEPENDENT' and rule['delay'] == '0' and rule['master_item'] == {'key': master}
+        assert rule['lifetime'] == '{$TCP.PORT.LIFETIME}'
+        assert rule['lld_macro_paths'] == [{'lld_macro': '{#PORT}', 'path': '$.port'},
+                                           {'lld_macro': '{#SERVICE}', 'path': '$.service'}]
+        assert [s['type'] for s in rule['preprocessing']] == ['JSONPATH']
+        assert rule['preprocessing'][0]['error_handler'] == 'CUSTOM_ERROR'
+    local = rules[DISCOVERY_KEY]
+    assert local['filter']['evaltype'] == 'AND'
+    assert [(c['macro'], c['value'], c.get('operator', 'MATCHES_REGEX')) for c in local['filter']['conditions']] == [
+        ('{#PORT}', '{$TCP.PORT.MATCHES}', 'MATCHES_REGEX'), ('{#PORT}', '{$TCP.PORT.NOT_MATCHES}', 'NOT_MATCHES_REGEX')]
+
+
+def test_discovery_finds_the_scripts_ports(ytemplate, real_ports, held_port):
+    """The rule's JSONPath and macro paths on the real answer give one row per listening port, the same ports the
+    script's discovery form (the 3.4 rule) lists."""
+    local = _rules(ytemplate)[DISCOVERY_KEY]
+    path = local['preprocessing'][0]['parameters'][0]
+    assert path == '$.ports'
+    array = real_ports[path[2:]]
+    rows = [dict((m['lld_macro'], str(entry[m['path'][2:]])) for m in local['lld_macro_paths']) for entry in array]
+    assert {'{#PORT}': str(held_port), '{#SERVICE}': ''} in rows
+    code, out, err = run_counter('discovery')
+    assert code == 0 and err == ''
+    lld = json.loads(out)['data']
+    assert str(held_port) in [row['{#PORT}'] for row in lld]
+    assert set(row['{#SIDE}'] for row in lld) == {'local'}
+    # Listeners come and go between the two calls only on a busy machine: compare the ports of both answers.
+    assert abs(len(lld) - len(rows)) <= 2
+
+
+def test_port_prototypes_read_the_real_answer(ytemplate, yitems, real_ports, held_port):
+    """Every prototype's JSONPath, {#PORT} resolved to the held port, gives the number ss would: 1 CLOSE_WAIT, a
+    full accept queue of 3 over a backlog of 2; each state key is the agent's own count key for that port, and the
+    agent's answer for it is the same number."""
+    master = _ports_master(yitems)['key']
+    local = _rules(ytemplate)[DISCOVERY_KEY]
+    keys = [item['key'] for item in local['item_prototypes']]
+    for state in ('ESTABLISHED', 'SYN_RECV', 'TIME_WAIT', 'CLOSE_WAIT'):
+        assert '{0}[{1},{{#PORT}}]'.format(COUNT_KEY, state) in keys
+    assert COUNT_KEY + '.queue[{#PORT}]' in keys and COUNT_KEY + '.backlog[{#PORT}]' in keys
+    values = {}
+    for item in local['item_prototypes']:
+        assert item['type'] == 'DEPENDENT' and item['master_item'] == {'key': master} and item['history'] != '0'
+        step = item['preprocessing'][0]
+        assert step['type'] == 'JSONPATH' and step['error_handler'] == 'DISCARD_VALUE'
+        values[item['key']] = port_jsonpath(real_ports, step['parameters'][0], held_port)
+        assert isinstance(values[item['key']], int), item['key']
+        # A port not in the answer (one that stopped listening) matches nothing: the value is discarded.
+        assert port_jsonpath(real_ports, step['parameters'][0], 0) is None
+        assert ('port', '{#PORT}') in _tags(item)
+    assert values[COUNT_KEY + '[CLOSE_WAIT,{#PORT}]'] == 1
+    assert values[COUNT_KEY + '.queue[{#PORT}]'] == 3 and values[COUNT_KEY + '.backlog[{#PORT}]'] == 2
+    for key, value in values.items():
+        match = re.match(r'^' + re.escape(COUNT_KEY) + r'\[([A-Z_0-9]+),\{#PORT\}\]$', key)
+        if match:
+            code, out, err = run_counter(match.group(1), str(held_port))
+            assert code == 0 and int(out) == value, (key, out, err)
+
+
+def test_remote_prototypes_read_the_real_answer(ytemplate, held_port):
+    remote = _rules(ytemplate)[DISCOVERY_KEY + '[,"{$TCP.PORT.REMOTE}"]']
+    code, out, err = run_counter('ports', '', str(held_port))
+    assert code == 0, err
+    answer = json.loads(out)
+    for item in remote['item_prototypes']:
+        match = re.match(r'^' + re.escape(COUNT_KEY) + r'\[([A-Z_0-9]+),,\{#PORT\}\]$', item['key'])
+        assert match, item['key']
+        value = port_jsonpath(answer, item['preprocessing'][0]['parameters'][0], held_port)
+        code, out, err = run_counter(match.group(1), '', str(held_port))
+        assert code == 0 and int(out) == value, (item['key'], value, out)
+        if match.group(1) == 'ESTABLISHED':
+            assert value == 3  # the three clients of the full queue (the fourth closed)
+
+
+def test_listen_counters_are_rates(yitems, real_ports):
+    master = _ports_master(yitems)['key']
+    for key, field in ((COUNT_KEY + '.listen_overflows', 'listen_overflows'),
+                       (COUNT_KEY + '.listen_drops', 'listen_drops')):
+        item = yitems[key]
+        assert item['master_item'] == {'key': master} and item['value_type'] == 'FLOAT'
+        assert [s['type'] for s in item['preprocessing']] == ['JSONPATH', 'CHANGE_PER_SECOND']
+        assert item['preprocessing'][0]['parameters'] == ['$.' + field]
+        assert isinstance(real_ports[field], int) and real_ports[field] >= 0
+
+
+def test_port_triggers_use_context_macros(ytemplate, y, yitems):
+    rules = _rules(ytemplate)
+    local = rules[DISCOVERY_KEY]
+    prototypes = list(local.get('trigger_prototypes', []))
+    for item in local['item_prototypes']:
+        prototypes.extend(item.get('trigger_prototypes', []))
+    keys = set(item['key'] for item in local['item_prototypes'])
+    defined = set(m['macro'] for m in ytemplate['macros'])
+    assert len(prototypes) == 2
+    exprs = ' '.join(t['expression'] for t in prototypes)
+    # Thresholds per port: a context macro each, so one port can be tuned alone.
+    assert '{$TCP.PORT.QUEUE.PCT.MAX:"{#PORT}"}' in exprs and '{$TCP.PORT.CLOSE_WAIT.MAX:"{#PORT}"}' in exprs
+    assert 'queue[{#PORT}]' in exprs and 'backlog[{#PORT}]' in exprs
+    for trigger in prototypes:
+        for _name, host, key, _param in FUNC_60_RE.findall(trigger['expression']):
+            assert host == TEMPLATE and key in keys, key
+        assert _macros_used(trigger['expression']) <= defined
+        name, event = trigger['name'], trigger['event_name']
+        assert re.match(r'^TCP port \{#PORT\}: [A-Z]', name) and '(' not in name, name
+        assert event.startswith(name + ' (') and _macros_used(trigger['expression']) <= _macros_used(event)
+        assert [tag for tag, _ in _tags(trigger)] == ['scope'] and _tags(trigger)[0][1] in SCOPES
+    # The host-level ListenDrops trigger.
+    drops = [t for t in yaml_triggers(ytemplate, y) if t['uuid'] not in STATE_TRIGGER_UUIDS]
+    assert len(drops) == 1 and COUNT_KEY + '.listen_drops' in drops[0]['expression']
+
+
+def test_graph_prototypes(ytemplate):
+    for rule in ytemplate['discovery_rules']:
+        keys = set(item['key'] for item in rule['item_prototypes'])
+        graphs = rule['graph_prototypes']
+        assert len(graphs) == 1 and '{#PORT}' in graphs[0]['name']
+        assert all(gi['item']['host'] == TEMPLATE and gi['item']['key'] in keys for gi in graphs[0]['graph_items'])
+
+
+XML_RULE_REQUIRED = ['name', 'type', 'snmp_community', 'snmp_oid', 'key', 'delay', 'status', 'allowed_hosts',
+                     'snmpv3_contextname', 'snmpv3_securityname', 'snmpv3_securitylevel', 'snmpv3_authprotocol',
+                     'snmpv3_authpassphrase', 'snmpv3_privprotocol', 'snmpv3_privpassphrase', 'params',
+                     'ipmi_sensor', 'authtype', 'username', 'password', 'publickey', 'privatekey', 'port', 'filter',
+                     'lifetime', 'description', 'item_prototypes', 'trigger_prototypes', 'graph_prototypes',
+                     'host_prototypes', 'jmx_endpoint']
+
+
+def test_xml_discovery_is_an_agent_rule_on_the_discovery_key(x, ytemplate):
+    """3.4: agent discovery rules on the table's discovery key, agent item prototypes on its count key (the same
+    keys as the YAML's state prototypes), no queue items, no "does not match" filter (4.0+)."""
+    rules = x.findall('./templates/template/discovery_rules/discovery_rule')
+    yrules = _rules(ytemplate)
+    assert sorted(r.findtext('key') for r in rules) == sorted(yrules)
+    for rule in rules:
+        assert [tag for tag in XML_RULE_REQUIRED if rule.find(tag) is None] == []
+        assert rule.findtext('type') == '0' and rule.findtext('lifetime') == '{$TCP.PORT.LIFETIME}'
+        assert set(c.findtext('operator') for c in rule.findall('filter/conditions/condition')) == {'8'}
+        keys = [p.findtext('key') for p in rule.findall('item_prototypes/item_prototype')]
+        ykeys = [i['key'] for i in yrules[rule.findtext('key')]['item_prototypes']]
+        assert keys == [k for k in ykeys if k.startswith(COUNT_KEY + '[')]
+        for proto in rule.findall('item_prototypes/item_prototype'):
+            missing = [tag for tag in ('application_prototypes', 'master_item_prototype', 'preprocessing')
+                       if proto.find(tag) is None]
+            assert not missing and proto.findtext('type') == '0'
+        for trigger in rule.findall('trigger_prototypes/trigger_prototype'):
+            for host, key, _name, _param in FUNC_34_RE.findall(trigger.findtext('expression')):
+                assert host == TEMPLATE and key in keys
+    # The agent answers the rule's key in the LLD format with the data wrapper, for both sides.
+    code, out, err = run_counter('discovery', '', '22')
+    rows = json.loads(out)['data']
+    assert code == 0 and {'{#PORT}': '22', '{#SERVICE}': 'ssh', '{#SIDE}': 'remote'} in rows
+
+
+def test_a_wrong_jsonpath_is_caught(real_ports, held_port):
+    """The checks above can fail: a JSONPath with a misspelt field or the wrong array finds nothing."""
+    assert port_jsonpath(real_ports, '$.ports[?(@.port=={#PORT})].states.CLOSEWAIT.first()', held_port) is None
+    assert port_jsonpath(real_ports, '$.remote[?(@.port=={#PORT})].queue.first()', held_port) is None
+    with pytest.raises(AssertionError):
+        port_jsonpath(real_ports, '$.ports[0].queue', held_port)
