@@ -118,3 +118,17 @@ def test_fleet_report_lists_the_busiest_ports(scene, tmp_path):
     with open(str(tmp_path / 'fleet-report.json')) as handle:
         summary = json.load(handle)
     assert [row['ports'] for row in summary['rows'] if row['host'] == 'ghost'] == [[]]
+
+
+def test_ansible_doc_documents_the_per_port_options():
+    from tcp_live import LIBRARY, VENV_BIN, ansible_env
+    proc = subprocess.run([os.path.join(VENV_BIN, 'ansible-doc'), '-M', LIBRARY, '--json', 'tcp_status'], cwd=REPO,
+                          env=ansible_env(), capture_output=True, text=True, timeout=120, check=True)
+    doc = json.loads(proc.stdout)['tcp_status']
+    options = doc['doc']['options']
+    assert (options['per_port']['type'], options['per_port']['default']) == ('bool', False)
+    assert (options['max_ports']['type'], options['max_ports']['default']) == ('int', 100)
+    per_port = doc['return']['per_port']
+    assert per_port['type'] == 'dict' and sorted(per_port['contains']) == [
+        'backend', 'fallbacks', 'listen_drops', 'listen_overflows', 'ports', 'remote', 'truncated']
+    assert 'per_port: true' in doc['examples']
