@@ -136,7 +136,7 @@ def test_ansible_doc_renders():
                           env=env, capture_output=True, text=True, timeout=120, check=True)
     doc = json.loads(proc.stdout)['tcp_status']
     options = doc['doc']['options']
-    assert sorted(options) == ['backend', 'family', 'local_ports', 'remote_ports', 'states']
+    assert sorted(options) == ['backend', 'family', 'local_ports', 'max_ports', 'per_port', 'remote_ports', 'states']
     assert options['family']['choices'] == ['all', 'ipv4', 'ipv6']
     assert options['backend']['choices'] == ['auto', 'counters', 'netlink', 'proc', 'psutil']
     assert doc['doc']['attributes']['check_mode']['support'] == 'full'

@@ -81,11 +81,12 @@ def test_a_new_row_is_installed_tested_and_verified(system_agent, tmp_path):
     # The UserParameter file: the row's line, its parameter single-quoted.
     assert re.search(r"(?m)^UserParameter=tcp\.status\.extra\[\*\],/etc/zabbix/tcp_status\.py all '\$1'$",
                      read(DROPIN)), read(DROPIN)
-    # The agent's item test and zabbix_get asked both of the row's checks (the task loops label each key).
-    for task in ("Run the agent's item test on the new configuration",
-                 'Ask the agent for every key with zabbix_get from localhost'):
-        section = out[out.index(task):]
-        section = section[:section.index('TASK [', 1)]
+    # The agent's item test and then zabbix_get (tasks/ask.yml, included by validate.yml and verify.yml) asked both
+    # of the row's checks: the task's loop labels each key.
+    sections = [part[:part.index('TASK [')] for part in out.split('Ask every key, attempt 1]')[1:]]
+    assert len(sections) == 2, out[-3000:]
+    item_test, zabbix_get = sections
+    for section in (item_test, zabbix_get):
         for key in EXTRA_ROW['checks']:
             assert '(item={0})'.format(key) in section, section
     # And the agent answers it, with a port filter too.
@@ -111,14 +112,18 @@ def test_the_template_follows_the_table_and_the_counter():
     per_state = role_items.item('count')['key'] + '[{0}]'
     with open(os.path.join(role_items.REPO, 'zabbix', 'template_tcp_status.yaml')) as handle:
         template = yaml.safe_load(handle)['zabbix_export']['templates'][0]
-    agent_items = [i['key'] for i in template['items'] if i.get('type', 'ZABBIX_PASSIVE') != 'DEPENDENT']
-    dependent = [i for i in template['items'] if i.get('type') == 'DEPENDENT']
-    assert agent_items == [master]
-    assert [i['key'] for i in dependent] == [per_state.format(s) for s in states]
-    assert all(i['master_item']['key'] == master for i in dependent)
+    ports = role_items.item('ports')['key']
+    # The agent items (the rest are dependent on them): the table's keys, some with macros as parameters.
+    agent_items = [i['key'].split('[')[0] for i in template['items'] if i.get('type', 'ZABBIX_PASSIVE') != 'DEPENDENT']
+    assert sorted(agent_items) == sorted([master, ports])
+    on_master = [i['key'] for i in template['items'] if i.get('master_item', {}).get('key') == master]
+    assert on_master == [per_state.format(s) for s in states]
     xml = ET.parse(os.path.join(role_items.REPO, 'zabbix', 'template_tcp_status_3.4.xml'))
     keys = [k.text for k in xml.findall('./templates/template/items/item/key')]
-    assert keys == [master] + [per_state.format(s) for s in states]
+    assert keys[:len(states) + 1] == [master] + [per_state.format(s) for s in states]
+    agent_keys = [item.find('key').text for item in xml.findall('./templates/template/items/item')
+                  if item.find('type').text != '18']  # 18: a dependent item
+    assert set(key.split('[')[0] for key in agent_keys) <= set(row['key'] for row in role_items.items()), agent_keys
 
 
 def test_the_userparameter_file_rendered_for_python_is_the_roles(system_agent):

@@ -92,6 +92,32 @@ def read_json(answer):
     return value
 
 
+def read_ports(answer):
+    """{'PORT/STATE': n} of a per-port answer (tcp.status.ports), its form checked."""
+    value = json.loads(answer)
+    assert sorted(value) == ['listen_drops', 'listen_overflows', 'ports', 'remote', 'truncated'], answer
+    assert value['truncated'] == 0, answer
+    ports = [entry['port'] for entry in value['ports']]
+    assert len(ports) == len(set(ports)), answer
+    counts = {}
+    for entry in value['ports']:
+        assert sorted(entry['states']) == sorted(STATES), answer
+        assert entry['states']['LISTEN'] >= 1, answer
+        counts.update(('%d/%s' % (entry['port'], state), n) for state, n in entry['states'].items())
+    return counts
+
+
+def per_listening_port(rows):
+    """{'PORT/STATE': n} of the sockets whose local port has a listener, from ss rows."""
+    listening = set(lport for _family, state, lport, _rport in rows if state == 'LISTEN')
+    counts = {}
+    for _family, state, lport, _rport in rows:
+        if lport in listening:
+            key = '%d/%s' % (lport, state)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def test_check_mode_changed_nothing(host):
     # molecule's check step ran converge with --check on the converged host: no file, pid or boot link may differ.
     record = host.file(BEFORE_CHECK)
@@ -155,14 +181,22 @@ def test_agent_runs_and_listens(host, flavour):
 
 @pytest.mark.parametrize('key, answer', CHECKS, ids=[key for key, _answer in CHECKS])
 def test_checked_keys_answer_what_ss_counts(host, key, answer):
-    """The keys the role's verify asks (the recipe's three seed keys, the JSON key), held to the ss window."""
+    """The keys the role's verify asks (the item table's checks), held to what ss counts."""
     if answer == 'count':
         state = re.match(r'^[^[]+\[([A-Z_]+)\]$', key).group(1)
         assert state in STATES, key
         windowed(host, key, read_count(state), state_counts)
-    else:
-        assert answer == 'states', (key, answer)
+    elif answer == 'states':
         windowed(host, key, read_json, state_counts)
+    elif answer == 'ports':
+        # The agent's end of the query's connection is on its listening port 10050.
+        counts = windowed(host, key, read_ports, per_listening_port, own={'10050/ESTABLISHED': 1, '10050/TIME_WAIT': 1})
+        assert set(k.split('/')[0] for k in counts) == set(k.split('/')[0] for k in per_listening_port(ss_rows(host)))
+    else:
+        assert answer == 'discovery', (key, answer)
+        rows = json.loads(zabbix_get(host, key))['data']
+        assert set(row['{#PORT}'] for row in rows) == set(k.split('/')[0] for k in per_listening_port(ss_rows(host)))
+        assert all(row['{#SIDE}'] == 'local' for row in rows), rows
 
 
 def by_local_port(ports):
