@@ -19,7 +19,7 @@ LIBRARY = os.path.join(REPO, 'roles', 'zabbix_tcp_status', 'library')
 VENV_BIN = os.path.dirname(sys.executable)
 
 # ansible-core 2.16: the last release that manages Python 2.7 and 3.6 targets. Cached outside the repo.
-AC216_VENV = os.environ.get('ZTS_AC216_VENV', '/root/.cache/zts/venv-ac216')
+ANSIBLE_CORE_216_VENV = os.environ.get('ZTS_ANSIBLE_CORE_216_VENV', '/root/.cache/zts/venv-ansible-core-2.16')
 
 
 def zero_counts():

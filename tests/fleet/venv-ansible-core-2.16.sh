@@ -3,9 +3,9 @@
 # (CentOS 7). Used by the fleet scenario and by the module tests (tests/integration/conftest.py).
 set -eu
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-VENV=${ZTS_AC216_VENV:-/root/.cache/zts/venv-ac216}
+VENV=${ZTS_ANSIBLE_CORE_216_VENV:-/root/.cache/zts/venv-ansible-core-2.16}
 REQ=$REPO/tests/integration/requirements-ansible-core-2.16.txt
-PYTHON=${ZTS_AC216_PYTHON:-$REPO/.venv/bin/python}
+PYTHON=${ZTS_ANSIBLE_CORE_216_PYTHON:-$REPO/.venv/bin/python}
 mkdir -p "$(dirname "$VENV")"
 exec 9>"$VENV.lock"
 flock 9
