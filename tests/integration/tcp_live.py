@@ -22,6 +22,22 @@ VENV_BIN = os.path.dirname(sys.executable)
 ANSIBLE_CORE_216_VENV = os.environ.get('ZTS_ANSIBLE_CORE_216_VENV', '/root/.cache/zts/venv-ansible-core-2.16')
 
 
+_SCENES = {}
+
+
+def namespace_scene(test_file, interpreter):
+    """What ``test_file --scene INTERPRETER`` prints as JSON, run once per file and interpreter in a fresh network
+    namespace (``unshare --net``): the scene's sockets and counts, undisturbed by the machine's other sockets."""
+    if (test_file, interpreter) not in _SCENES:
+        here = os.path.dirname(os.path.abspath(test_file))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), here]))
+        proc = subprocess.run(['unshare', '--net', '--', sys.executable, os.path.abspath(test_file), '--scene',
+                               interpreter], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _SCENES[test_file, interpreter] = json.loads(proc.stdout)
+    return _SCENES[test_file, interpreter]
+
+
 def zero_counts():
     return dict((state, 0) for state in STATES)
 

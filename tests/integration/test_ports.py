@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 import pytest
+from tcp_live import namespace_scene
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
@@ -155,22 +156,12 @@ def run_scene(interpreter):
 # The tests (outside the namespace)
 # --------------------------------------------------------------------------------------------------------------
 
-_SCENES = {}
-
-
 def scene(interpreter):
     """The scene's results for this interpreter, built once per interpreter in a fresh network namespace."""
-    if interpreter not in _SCENES:
-        env = dict(os.environ)
-        env['PYTHONPATH'] = os.pathsep.join([TESTS, HERE])
-        proc = subprocess.run(['unshare', '--net', '--', sys.executable, os.path.abspath(__file__), '--scene',
-                               interpreter], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        data = json.loads(proc.stdout)
-        assert data['ss_before'] == data['ss_after'], 'the namespace changed during the run'
-        assert data['queues'] == data['queues_after'], 'the accept queues changed during the run'
-        _SCENES[interpreter] = data
-    return _SCENES[interpreter]
+    data = namespace_scene(__file__, interpreter)
+    assert data['ss_before'] == data['ss_after'], 'the namespace changed during the run'
+    assert data['queues'] == data['queues_after'], 'the accept queues changed during the run'
+    return data
 
 
 def answer(data, name):

@@ -27,6 +27,7 @@ import subprocess
 import sys
 
 import pytest
+from tcp_live import namespace_scene
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
@@ -301,19 +302,9 @@ def _port_set(spec):
 # The tests (outside the namespace)
 # --------------------------------------------------------------------------------------------------------------
 
-_SCENES = {}
-
-
 def scene(interpreter):
     """The scene's results for this interpreter, built once per interpreter in a fresh network namespace."""
-    if interpreter not in _SCENES:
-        env = dict(os.environ)
-        env['PYTHONPATH'] = os.pathsep.join([TESTS, HERE])
-        proc = subprocess.run(['unshare', '--net', '--', sys.executable, os.path.abspath(__file__), '--scene',
-                               interpreter], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        _SCENES[interpreter] = json.loads(proc.stdout)
-    return _SCENES[interpreter]
+    return namespace_scene(__file__, interpreter)
 
 
 INTERPRETERS = pytest.mark.parametrize('interpreter', ['2.7', '3.6', 'agent'], indirect=True)
