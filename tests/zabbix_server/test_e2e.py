@@ -20,6 +20,14 @@ own JSON-RPC tasks before 6.0); the assertions read each server's API:
   the real listener count (a LISTEN value too high never fires, one too low never resolves);
 - an agent whose UserParameter names a missing interpreter makes the master item unsupported with the shell's
   message, and the "no data" trigger fires (on 5.0 too);
+- per-port monitoring (issue 10): the discovery creates one whole set of items for every port that listens all
+  along (on 5.0 the 3.4 XML's agent discovery and agent items); a never-accepting listener (backlog 2, six
+  clients) has the accept queue and backlog ss shows (3 of 2), state counts equal to `ss ... '( sport = :P )'`,
+  and its clients' remote port (set as {$TCP.PORT.REMOTE}) the ESTABLISHED count of `dport = :P`; on 6.0 and 7.0
+  its accept-queue trigger fires and resolves once the listener accepts, and the items of one port share one
+  clock (one agent call); the held CLOSE_WAIT sockets fire the per-port CLOSE_WAIT trigger prototype on their
+  port (5.0 too); when the listener closes, its items go at the next discovery (lifetime 0 through the host
+  macro {$TCP.PORT.LIFETIME});
 - on 7.0 (lab.PICTURES_VERSION), after about three minutes of a load that moves the lines, the frontend draws the
   state graph and the host's template dashboard as PNGs (ZTS_E2E_PICTURES=docs/pictures copies them there).
 
@@ -249,7 +257,7 @@ def inventory(lab, agents):
             'zabbix_tcp_status_api_interface_ip': '127.0.0.1'}
     data = {'zabbix_agents': {'vars': api, 'hosts': {
         GOOD_HOST: dict(host, zabbix_tcp_status_api_interface_port=agents['port'], zabbix_tcp_status_api_host_macros=[
-            {'macro': '{$TCP.STATUS.INTERVAL}', 'value': '10s'}]),
+            {'macro': '{$TCP.STATUS.INTERVAL}', 'value': '10s'}] + PORT_MACROS),
         BROKEN_HOST: dict(host, zabbix_tcp_status_api_interface_port=BROKEN_PORT, zabbix_tcp_status_api_host_macros=[
             {'macro': '{$TCP.STATUS.INTERVAL}', 'value': '10s'},
             {'macro': '{$TCP.STATUS.NODATA}', 'value': '30s'}]),
@@ -258,6 +266,14 @@ def inventory(lab, agents):
     with open(path, 'w') as handle:
         yaml.safe_dump(data, handle)
     return path
+
+
+# The per-port part on the lab's time scale: counted every 10 s, a port's items removed at the first discovery that
+# misses it (lifetime 0), the accept-queue trigger judging 20 s.
+PORT_MACROS = [{'macro': '{$TCP.PORT.INTERVAL}', 'value': '10s'}, {'macro': '{$TCP.PORT.LIFETIME}', 'value': '0'},
+               {'macro': '{$TCP.PORT.QUEUE.PERIOD}', 'value': '20s'}]
+# The template's own items (the discovered ones come on top, per port).
+TEMPLATE_ITEMS = 1 + len(STATES) + 1 + 3
 
 
 def template_shape(api):
@@ -279,7 +295,9 @@ def template_shape(api):
     graphs = api.call('graph.get', {'templateids': tid, 'output': ['name', 'graphtype'],
                                     'selectGraphItems': ['itemid']})
     macros = sorted(m['macro'] for m in api.call('usermacro.get', {'hostids': tid, 'output': ['macro']}))
-    return {'templateid': tid, 'items': shape_items, 'triggers': triggers, 'macros': macros,
+    rules = dict((r['key_'], r['type']) for r in api.call('discoveryrule.get', {'templateids': tid,
+                                                                                 'output': ['key_', 'type']}))
+    return {'templateid': tid, 'items': shape_items, 'triggers': triggers, 'macros': macros, 'rules': rules,
             'master_steps': master_steps[0] if master_steps else None,
             'graphs': [(g['name'], g['graphtype'], len(g['gitems'])) for g in graphs]}
 
@@ -368,7 +386,10 @@ def host_items(api, host):
 
 def test_template_imports_in_the_format_the_role_picks(lab, registered):
     shape = registered['shape']
-    assert len(shape['items']) == 12 and len(shape['triggers']) == 5 and shape['graphs'] == [(TEMPLATE, '1', 11)]
+    assert len(shape['items']) == TEMPLATE_ITEMS and len(shape['triggers']) == 6
+    assert shape['graphs'] == [(TEMPLATE, '1', 11)]
+    assert sorted(shape['rules']) == sorted(build_templates.PORT_SIDES_BY_NAME[side]['rule_key']
+                                            for side in ('local', 'remote'))
     # The master's first step tells the file: 18 "check for error using regular expression" (the YAML),
     # 5 "regular expression" (the 3.4 XML, which has no validation steps).
     assert shape['master_steps'] == (['18'] if at_least(lab, '6.0') else ['5'])
@@ -385,6 +406,9 @@ def test_template_imports_in_the_format_the_role_picks(lab, registered):
                                '/{0}/tcp.status[{1}],'.format(TEMPLATE, nodata)) for t in xml['triggers']) == \
         sorted(t[1] for t in shape['triggers'])
     assert xml['macros'] == shape['macros'] and xml['graphs'] == shape['graphs']
+    # The same discovery rules: agent rules on the discovery key there (3.4 has no dependent discovery).
+    assert sorted(xml['rules']) == sorted(shape['rules']) and set(xml['rules'].values()) == {'0'}
+    assert set(shape['rules'].values()) == {'18'}
 
 
 def test_registration_links_both_hosts_and_is_idempotent(lab, registered):
@@ -392,7 +416,7 @@ def test_registration_links_both_hosts_and_is_idempotent(lab, registered):
         found = lab.api.call('host.get', {'filter': {'host': host}, 'selectParentTemplates': ['host'],
                                           'output': ['hostid']})
         assert len(found) == 1 and [t['host'] for t in found[0]['parentTemplates']] == [TEMPLATE], found
-        assert len(host_items(lab.api, host)) == 12
+        assert set(item[0] for item in registered['shape']['items']) <= set(host_items(lab.api, host))
         macros = lab.api.call('usermacro.get', {'hostids': found[0]['hostid'], 'output': ['macro', 'value']})
         assert {'macro': '{$TCP.STATUS.INTERVAL}', 'value': '10s'} in [
             dict(macro=m['macro'], value=m['value']) for m in macros], macros
@@ -504,10 +528,15 @@ def test_triggers_fire_when_crossed_and_resolve_when_cleared(lab, registered, he
             '{$TCP.LISTEN.MIN}': str(listen + 1), '{$TCP.LISTEN.PERIOD}': '25s'})
         start = time.time()
 
+        # The held sockets' port crosses the per-port CLOSE_WAIT threshold too (50; the trigger prototype, on its
+        # discovered port).
+        port_close_wait = 'TCP port {0}: Sockets pile up in CLOSE_WAIT'.format(listener.getsockname()[1])
+
         def fired():
             names = list(_problems(api, GOOD_HOST))
-            return names if all(any(n.startswith(w) for n in names) for w in (close_wait, few_listen)) else None
-        names = wait_for('CLOSE_WAIT and LISTEN triggers in problem state', fired, 150, step=3)
+            return names if all(any(n.startswith(w) for n in names)
+                                for w in (close_wait, few_listen, port_close_wait)) else None
+        names = wait_for('CLOSE_WAIT (host and port) and LISTEN triggers in problem state', fired, 150, step=3)
         log('triggers fired {0:.0f}s after crossing: {1}'.format(time.time() - start, names))
         # The other thresholds were not crossed.
         assert not any(n.startswith(trigger_name(lab, 'time_wait')) or n.startswith(trigger_name(lab, 'syn_recv'))
@@ -523,7 +552,8 @@ def test_triggers_fire_when_crossed_and_resolve_when_cleared(lab, registered, he
 
     def resolved():
         names = list(_problems(api, GOOD_HOST))
-        return ['resolved'] if not any(n.startswith(w) for n in names for w in (close_wait, few_listen)) else None
+        return ['resolved'] if not any(n.startswith(w) for n in names
+                                       for w in (close_wait, few_listen, port_close_wait)) else None
     wait_for('CLOSE_WAIT and LISTEN triggers to resolve (LISTEN minimum {0})'.format(listen), resolved, 150, step=3)
     log('triggers resolved {0:.0f}s after clearing'.format(time.time() - start))
 
@@ -555,6 +585,168 @@ def test_script_error_makes_master_unsupported_and_nodata_fires(lab, registered)
         return names if trigger_name(lab, 'nodata') in names else None
     names = wait_for('the no-data trigger on the broken host', fired, 150, step=3)
     log('no-data trigger fired {0:.0f}s after the item turned unsupported: {1}'.format(time.time() - start, names))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-port monitoring (issue 10): discovery, values against ss per port, the accept-queue trigger, the lifetime
+
+COUNT_KEY = role_items.item('count')['key']
+PORT_ITEM_RE = re.compile(r'^' + re.escape(COUNT_KEY) + r'(?:\[([A-Z_0-9]+),(\d+)\]|\.(queue|backlog)\[(\d+)\])$')
+
+
+def ss_port(state, port, side='sport'):
+    """Sockets in state on a local (sport) or remote (dport) port, as `ss -Htan state X '( sport = :P )'` counts
+    them (ss names SYN_RECV syn-recv and so on)."""
+    out = subprocess.run(['ss', '-Htan', 'state', state.lower().replace('_', '-'),
+                          '( {0} = :{1} )'.format(side, port)], stdout=subprocess.PIPE, universal_newlines=True,
+                         check=True).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def ss_listen_queue(port):
+    """(Recv-Q, Send-Q) of the listener on port, from `ss -Hltn`: its accept queue and backlog."""
+    out = subprocess.run(['ss', '-Hltn', '( sport = :{0} )'.format(port)], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout.split()
+    return int(out[1]), int(out[2])
+
+
+def ss_listening_ports():
+    out = subprocess.run(['ss', '-Hltn'], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    return set(int(line.split()[3].rsplit(':', 1)[1]) for line in out.splitlines() if line.strip())
+
+
+def port_items(items):
+    """{port: {key: item}} of the host's discovered local-port items."""
+    found = {}
+    for key, item in items.items():
+        match = PORT_ITEM_RE.match(key)
+        if match:
+            found.setdefault(int(match.group(2) or match.group(4)), {})[key] = item
+    return found
+
+
+class FullQueue(object):
+    """A listener with a backlog of 2 whose application never calls accept(): 3 connections fill its accept queue
+    (Linux queues backlog + 1), the next ones wait in SYN_SENT (their SYNs are dropped and retried). accept_all()
+    turns it into a listener that accepts everything, as a recovered application would."""
+
+    def __init__(self, clients=6):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(2)
+        self.port = self.listener.getsockname()[1]
+        self.clients = []
+        self.accepted = []
+        self.halt = threading.Event()
+        self.thread = None
+        for _ in range(clients):
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            client.setblocking(False)
+            client.connect_ex(('127.0.0.1', self.port))
+            self.clients.append(client)
+
+    def accept_all(self):
+        self.listener.settimeout(0.2)
+
+        def run():
+            while not self.halt.is_set():
+                try:
+                    self.accepted.append(self.listener.accept()[0])
+                except (socket.timeout, OSError):
+                    pass
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.halt.set()
+        if self.thread:
+            self.thread.join(5)
+        for sock in self.clients + self.accepted + [self.listener]:
+            sock.close()
+
+
+def test_ports_discovered_values_match_ss_queue_trigger_and_lifetime(lab, registered, held_sockets):
+    """Discovery creates one set of items per listening port; the values of a never-accepting listener's port
+    (and of its clients' remote port) match ss; its accept-queue trigger fires and resolves when it accepts
+    (4.2+ files: 3.4 has no queue items); when it stops listening its items go at the next discovery (lifetime 0)."""
+    api = lab.api
+    dependent = at_least(lab, '6.0')
+    before = ss_listening_ports()
+    full = FullQueue()
+    start = time.time()
+    try:
+        # Its clients' side: the remote port list of the remote discovery.
+        _set_host_macros(api, GOOD_HOST, {'{$TCP.PORT.REMOTE}': str(full.port)})
+        wanted = COUNT_KEY + ('.queue[{0}]' if dependent else '[ESTABLISHED,{0}]').format(full.port)
+        remote_key = '{0}[ESTABLISHED,,{1}]'.format(COUNT_KEY, full.port)
+
+        def discovered():
+            items = host_items(api, GOOD_HOST)
+            ready = all(int(items.get(k, {}).get('lastclock') or 0) > start for k in (wanted, remote_key))
+            return items if ready else None
+        items = wait_for('the discovered items of port {0} with values'.format(full.port), discovered, 120)
+        log('port {0} discovered with values {1:.0f}s after it started listening'.format(full.port,
+                                                                                          time.time() - start))
+        # Every port that listened all along has its items (the discovery that saw the new port may be older than
+        # a port that started just before the test: wait for the next one), and every discovered port has one
+        # whole set.
+        steady = before & ss_listening_ports()
+
+        def all_steady():
+            found = host_items(api, GOOD_HOST)
+            return found if steady <= set(port_items(found)) else None
+        items = wait_for('items for every port listening all along: {0}'.format(sorted(steady)), all_steady, 30)
+        ports = port_items(items)
+        prototypes = [row[0] for row in build_templates.port_item_prototypes('local')]
+        if not dependent:
+            prototypes = [k for k in prototypes if k.startswith(COUNT_KEY + '[')]
+        for port, found in ports.items():
+            assert sorted(found) == sorted(k.replace('{#PORT}', str(port)) for k in prototypes), port
+        log('{0} listening ports discovered, {1} items each'.format(len(ports), len(prototypes)))
+        # The full queue, as ss sees it, and as Zabbix got it (the items of a port read one agent answer).
+        queue, backlog = ss_listen_queue(full.port)
+        assert (queue, backlog) == (3, 2), (queue, backlog)
+        mine = ports[full.port]
+        if dependent:
+            assert int(mine[COUNT_KEY + '.queue[{0}]'.format(full.port)]['lastvalue']) == queue
+            assert int(mine[COUNT_KEY + '.backlog[{0}]'.format(full.port)]['lastvalue']) == backlog
+            # One agent answer feeds them (the backlog keeps only changes, with a heartbeat: its clock is older).
+            assert len(set(item['lastclock'] for key, item in mine.items() if '.backlog[' not in key)) == 1
+        for key, item in mine.items():
+            match = PORT_ITEM_RE.match(key)
+            if match.group(1):
+                assert item['state'] == '0', (key, item['error'])
+                assert int(item['lastvalue']) == ss_port(match.group(1), full.port), (key, item['lastvalue'])
+        assert int(mine['{0}[ESTABLISHED,{1}]'.format(COUNT_KEY, full.port)]['lastvalue']) == 3
+        assert int(items[remote_key]['lastvalue']) == ss_port('ESTABLISHED', full.port, 'dport') == 3
+        # The 40 held CLOSE_WAIT sockets: on their listener's port.
+        held = [p for p, found in ports.items()
+                if int(found.get('{0}[CLOSE_WAIT,{1}]'.format(COUNT_KEY, p), {}).get('lastvalue') or 0) >= 40]
+        assert held and all(ss_port('CLOSE_WAIT', p) >= 40 for p in held), held
+        for key in (COUNT_KEY + '.listen_overflows', COUNT_KEY + '.listen_drops'):
+            assert items[key]['state'] == '0' and float(items[key]['lastvalue'] or 0) >= 0, items[key]
+        if dependent:
+            name = 'TCP port {0}: Accept queue is nearly full'.format(full.port)
+            fired = wait_for('the accept-queue trigger of port {0}'.format(full.port),
+                             lambda: [n for n in _problems(api, GOOD_HOST) if n == name], 90, step=3)
+            log('accept-queue trigger fired {0:.0f}s after the queue filled: {1}'.format(time.time() - start, fired))
+            drops = host_items(api, GOOD_HOST)[COUNT_KEY + '.listen_overflows']
+            log('ListenOverflows per second while the queue is full: {0}'.format(drops['lastvalue']))
+            full.accept_all()
+            cleared = time.time()
+            wait_for('the accept-queue trigger of port {0} to resolve'.format(full.port),
+                     lambda: ['resolved'] if name not in _problems(api, GOOD_HOST) else None, 90, step=3)
+            log('accept-queue trigger resolved {0:.0f}s after the listener accepted (queue {1})'.format(
+                time.time() - cleared, ss_listen_queue(full.port)[0]))
+    finally:
+        full.stop()
+    gone = time.time()
+
+    def removed():
+        return ['gone'] if full.port not in port_items(host_items(api, GOOD_HOST)) else None
+    wait_for('the items of port {0} to go (lifetime 0) after it stopped listening'.format(full.port), removed, 90,
+             step=3)
+    log('port {0}: items removed {1:.0f}s after it stopped listening'.format(full.port, time.time() - gone))
 
 
 # ------------------------------------------------------------------------------------------------------------
