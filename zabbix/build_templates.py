@@ -284,7 +284,13 @@ TEMPLATE_DESCRIPTION = (
     + ''.join('{0}: {1}\n'.format(name, text[0].upper() + text[1:]) for name, _, text in STATES)
     + '\n'
     'Thresholds are user macros ({$TCP.*}); override them per host. Ports or families can be counted '
-    'separately with tcp.status[STATE,LOCAL_PORTS,REMOTE_PORTS,FAMILY] agent items.'
+    'separately with tcp.status[STATE,LOCAL_PORTS,REMOTE_PORTS,FAMILY] agent items.\n'
+    '\n'
+    'Per port: one more agent call (' + PORTS_KEY + ') feeds the discovery of every listening port (and of the '
+    'remote ports listed in {$TCP.PORT.REMOTE}): its connections by state, its accept queue and limit, a trigger '
+    'when the accept queue stays nearly full (the application does not accept() fast enough) and one when '
+    'CLOSE_WAIT piles up on the port; thresholds per port with context macros, e.g. '
+    '{$TCP.PORT.QUEUE.PCT.MAX:"443"}. The host\'s ListenOverflows and ListenDrops as rates.'
 )
 
 
@@ -791,7 +797,7 @@ def _per_port_widgets(version):
         fields += [_field('GRAPH_PROTOTYPE', 'graphid', {'host': TEMPLATE, 'name': name})]
         kind = 'GRAPH_PROTOTYPE'
     return [{'type': kind, 'name': 'Listening ports', 'y': '11', 'width': str(GRID_COLUMNS[version]),
-             'height': '12', 'fields': fields}]
+             'height': '10', 'fields': fields}]
 
 
 def model(version):
