@@ -10,24 +10,16 @@ set -eu
 R="$ZTS_HOSTDIR/root"
 IN_ROOT="env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 chroot $R"
 
+. "$(dirname "$0")/root-mounts.sh"
+
 hostname "$ZTS_HOSTNAME"
-mount -t overlay overlay -o "lowerdir=$ZTS_LOWER,upperdir=$ZTS_HOSTDIR/upper,workdir=$ZTS_HOSTDIR/work" "$R"
-mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys"
-mount -t tmpfs -o mode=0755,size=8m tmpfs "$R/dev"
-for node in null zero full random urandom tty; do
-    touch "$R/dev/$node"
-    mount --bind "/dev/$node" "$R/dev/$node"
-done
-mkdir -p "$R/dev/pts" "$R/dev/shm"
+mount_root "$ZTS_LOWER" "$ZTS_HOSTDIR/upper" "$ZTS_HOSTDIR/work" "$R"
+# A terminal for ssh sessions, and the standard streams.
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$R/dev/pts"
-mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
 ln -s pts/ptmx "$R/dev/ptmx"
-ln -s /proc/self/fd "$R/dev/fd"
 ln -s /proc/self/fd/0 "$R/dev/stdin"
 ln -s /proc/self/fd/1 "$R/dev/stdout"
 ln -s /proc/self/fd/2 "$R/dev/stderr"
-mount -t tmpfs -o mode=0755 tmpfs "$R/run"
 mkdir -p "$R/run/sshd" "$R/run/lock"
 
 if [ ! -e "$R/etc/zts-host" ]; then

@@ -11,19 +11,10 @@ R="$ZTS_LAB/root"
 IN_ROOT="env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root chroot $R"
 step() { echo "$(date +%s.%N | cut -c1-14) $*"; }
 
+. "$(dirname "$0")/../fleet/root-mounts.sh"
+
 step mount
-mount -t overlay overlay -o "lowerdir=$ZTS_IMAGE,upperdir=$ZTS_LAB/upper,workdir=$ZTS_LAB/work" "$R"
-mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys"
-mount -t tmpfs -o mode=0755,size=8m tmpfs "$R/dev"
-for node in null zero full random urandom tty; do
-    touch "$R/dev/$node"
-    mount --bind "/dev/$node" "$R/dev/$node"
-done
-mkdir -p "$R/dev/pts" "$R/dev/shm"
-mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm"
-ln -s /proc/self/fd "$R/dev/fd"
-mount -t tmpfs -o mode=0755 tmpfs "$R/run"
+mount_root "$ZTS_IMAGE" "$ZTS_LAB/upper" "$ZTS_LAB/work" "$R"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
 mkdir -p "$R/zts"
 mount --bind "$ZTS_LAB/share" "$R/zts"
