@@ -1010,32 +1010,13 @@ def render_xml():
     _sub(template, 'screens')
     triggers = _sub(root, 'triggers')
     for trigger in TRIGGERS:
-        el = _sub(triggers, 'trigger')
-        _sub(el, 'expression', _expr('3.4', trigger.get('parts_34', trigger['parts'])))
-        _sub(el, 'recovery_mode', '0')
-        _sub(el, 'recovery_expression')
-        _sub(el, 'name', trigger['name_34'])
-        _sub(el, 'correlation_mode', '0')
-        _sub(el, 'correlation_tag')
-        _sub(el, 'url')
-        _sub(el, 'status', '0')
-        _sub(el, 'priority', PRIORITY_34[trigger['priority']])
-        _sub(el, 'description', trigger['description'])
-        _sub(el, 'type', '0')
-        _sub(el, 'manual_close', '0')
-        deps = _sub(el, 'dependencies')
-        for dep_id in trigger.get('depends_on', []):
-            dep = TRIGGERS_BY_ID[dep_id]
-            dep_el = _sub(deps, 'dependency')
-            _sub(dep_el, 'name', dep['name_34'])
-            _sub(dep_el, 'expression', _expr('3.4', dep.get('parts_34', dep['parts'])))
-            _sub(dep_el, 'recovery_expression')
-        tag = _sub(_sub(el, 'tags'), 'tag')
-        _sub(tag, 'tag', 'scope')
-        _sub(tag, 'value', trigger['scope'])
+        _xml_trigger(triggers, 'trigger', _expr('3.4', trigger.get('parts_34', trigger['parts'])), trigger['name_34'],
+                     trigger, [(TRIGGERS_BY_ID[dep]['name_34'],
+                                _expr('3.4', TRIGGERS_BY_ID[dep].get('parts_34', TRIGGERS_BY_ID[dep]['parts'])))
+                               for dep in trigger.get('depends_on', [])])
     for trigger in PORT_TRIGGERS:
         if trigger['rule'] is None:
-            _xml_trigger(triggers, 'trigger', trigger)
+            _xml_trigger(triggers, 'trigger', _render_expr('3.4', trigger), trigger['event_name'], trigger)
     graph = _sub(_sub(root, 'graphs'), 'graph')
     for tag, text in (('name', GRAPH_NAME), ('width', '900'), ('height', '200'), ('yaxismin', '0.0000'),
                       ('yaxismax', '100.0000'), ('show_work_period', '1'), ('show_triggers', '1'),
@@ -1065,13 +1046,14 @@ GRAPH_34_TAIL = (('show_legend', '1'), ('show_3d', '0'), ('percent_left', '0.000
                  ('ymin_type_1', '0'), ('ymax_type_1', '0'))
 
 
-def _xml_trigger(parent, tag, trigger):
-    """A PORT_TRIGGERS entry as a 3.4 trigger or trigger prototype (its event name as the name: 3.4 has none)."""
+def _xml_trigger(parent, tag, expression, name, trigger, dependencies=()):
+    """A 3.4 trigger or trigger prototype: its expression and name as given (a port trigger's event name: 3.4 has
+    none), priority, description and scope from ``trigger``, and the (name, expression) of those it depends on."""
     el = _sub(parent, tag)
-    _sub(el, 'expression', _render_expr('3.4', trigger))
+    _sub(el, 'expression', expression)
     _sub(el, 'recovery_mode', '0')
     _sub(el, 'recovery_expression')
-    _sub(el, 'name', trigger['event_name'])
+    _sub(el, 'name', name)
     _sub(el, 'correlation_mode', '0')
     _sub(el, 'correlation_tag')
     _sub(el, 'url')
@@ -1080,7 +1062,12 @@ def _xml_trigger(parent, tag, trigger):
     _sub(el, 'description', trigger['description'])
     _sub(el, 'type', '0')
     _sub(el, 'manual_close', '0')
-    _sub(el, 'dependencies')
+    deps = _sub(el, 'dependencies')
+    for dep_name, dep_expression in dependencies:
+        dep_el = _sub(deps, 'dependency')
+        _sub(dep_el, 'name', dep_name)
+        _sub(dep_el, 'expression', dep_expression)
+        _sub(dep_el, 'recovery_expression')
     tag_el = _sub(_sub(el, 'tags'), 'tag')
     _sub(tag_el, 'tag', 'scope')
     _sub(tag_el, 'value', trigger['scope'])
@@ -1146,7 +1133,8 @@ def _xml_discovery_rules(rules):
         for trigger in PORT_TRIGGERS:
             if trigger['rule'] == side['side'] and all(key.startswith(COUNT_KEY + '[')
                                                        for key in _port_trigger_keys(trigger)):
-                _xml_trigger(trigger_prototypes, 'trigger_prototype', trigger)
+                _xml_trigger(trigger_prototypes, 'trigger_prototype', _render_expr('3.4', trigger),
+                             trigger['event_name'], trigger)
         graph = _sub(_sub(rule, 'graph_prototypes'), 'graph_prototype')
         _sub(graph, 'name', PORT_GRAPH_NAMES[side['side']].replace(' and accept queue', ''))
         for tag, text in GRAPH_34_HEAD + (('type', '0'),) + GRAPH_34_TAIL:
