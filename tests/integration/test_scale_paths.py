@@ -58,6 +58,16 @@ for call in calls:
             tsc.diag_request = refused
         if call.get('kernel'):
             tsc._kernel_release = lambda: call['kernel']
+        if call.get('sweep'):
+            # Which listeners the kernel's filter lets through: a LISTEN dump with the bytecode, the ports counted
+            # here without any Python port table.
+            remote = [tuple(pair) for pair in call['remote']] if call['remote'] else None
+            tally = tsc.PortTally()
+            tsc._netlink_dump(('ipv4', 'ipv6'), tsc.state_mask([tsc.LISTEN_CODE]), tsc._clock() + 5,
+                              tsc.port_bytecode([tuple(pair) for pair in call['local']], remote, call['either']),
+                              ports=tally)
+            out.append({'ports': sorted(tally.queues)})
+            continue
         if call.get('raw_bytecode'):
             # The kernel's filter alone: a dump with the bytecode and no Python port tables.
             local = tsc.port_ranges(call['args'].get('local_ports'))
@@ -188,6 +198,8 @@ def build_scene(farm):
 def filter_cases(ports):
     v4, v6, dual, other = ports['v4'], ports['v6'], ports['dual'], ports['other']
     low, high = min(ports.values()), max(ports.values())
+    near_misses = ','.join('{0},{1},{2},{3}-{4},{5}-{6},{7}'.format(
+        port - 4, port - 2, port, port + 2, port + 3, port + 5, port + 9, port + 11) for port in sorted(ports.values()))
     cases = [
         {'local_ports': str(v4)},
         {'local_ports': str(v6), 'family': 'ipv6'},
@@ -206,6 +218,8 @@ def filter_cases(ports):
         {'remote_ports': '1-65535', 'local_ports': str(other)},       # every socket of it but the listener
         {'local_ports': '1', 'remote_ports': str(v4)},                # nothing
         {'local_ports': ','.join(str(port) for port in range(1, 4000, 2)) + ',' + str(other)},  # a long list
+        {'local_ports': near_misses},                                 # the kernel's binary search: hits and
+        {'remote_ports': near_misses},                                # misses next to them, 24 ranges
     ]
     return cases
 
@@ -272,6 +286,7 @@ def run_scene(interpreter):
                                  timeout=60)
             scripts[' '.join(args)] = [run.returncode, run.stdout.decode(), run.stderr.decode()]
         after = ss_sockets()
+        sweep = run_sweep(interpreter, env)
         oracle = {}
         for name, spec in zip(names, calls):
             args = spec['args']
@@ -281,10 +296,52 @@ def run_scene(interpreter):
             picked = [row for row in rows if family in ('all', row[0])]
             oracle[name] = tally_rows(picked, local, remote)
         return {'ports': ports, 'ss_before': sorted(rows), 'ss_after': sorted(after), 'results': results,
-                'oracle': oracle, 'cases': cases, 'scripts': scripts, 'close_wait': close_wait}
+                'oracle': oracle, 'cases': cases, 'scripts': scripts, 'close_wait': close_wait, 'sweep': sweep}
     finally:
         farm.close()
         subprocess.call(['rm', '-rf', scratch])
+
+
+SWEEP_BASE = 21000   # below the ephemeral range: the scene's clients never take these ports
+SWEEP_PORTS = 256
+
+
+def sweep_cases(count=60):
+    """Random sorted, disjoint port ranges over the sweep's listeners and a few ports either side (1 to 90 ranges:
+    the bytecode's binary search from one leaf to seven levels), alone, with a remote side ANDed (the listeners'
+    remote port, 0) and ORed (a remote range no listener has); seeded, the same every run."""
+    import random
+    draw = random.Random(10)
+    cases = []
+    for index in range(count):
+        wanted = draw.choice((1, 2, 3, 5, 8, 13, 21, 34, 55, 90))
+        edges = sorted(draw.sample(range(SWEEP_BASE - 3, SWEEP_BASE + SWEEP_PORTS + 3), 2 * wanted))
+        ranges = [(edges[2 * i], edges[2 * i] if draw.random() < 0.5 else edges[2 * i + 1]) for i in range(wanted)]
+        remote, either = [(None, False), ([(0, 0)], False), ([(1, 65535)], True)][index % 3]
+        cases.append({'local': ranges, 'remote': remote, 'either': either})
+    return cases
+
+
+def run_sweep(interpreter, env):
+    """The listeners on SWEEP_BASE.. that the kernel returns for each of sweep_cases(), and what was asked."""
+    listeners = []
+    try:
+        for port in range(SWEEP_BASE, SWEEP_BASE + SWEEP_PORTS):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(('127.0.0.1', port))
+            sock.listen(1)
+            listeners.append(sock)
+        cases = sweep_cases()
+        calls = [dict(case, sweep=True, args={}) for case in cases]
+        proc = subprocess.run([interpreter, '-c', DRIVER], input=json.dumps(calls).encode(), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError('sweep driver failed: ' + proc.stderr.decode('utf-8', 'replace'))
+        return {'cases': cases, 'results': json.loads(proc.stdout.decode())}
+    finally:
+        for sock in listeners:
+            sock.close()
 
 
 def _port_set(spec):
@@ -380,6 +437,22 @@ def test_kernel_port_filter_returns_what_ss_lists(interpreter):
         assert (raw['bytecode_len'] == 0) == no_filter, (case, raw['bytecode_len'])
         nonempty += sum(want.values()) > 0
     assert nonempty >= len(data['cases']) - 2, 'the cases must select sockets to prove anything'
+
+
+@INTERPRETERS
+def test_kernel_port_filter_sweep(interpreter):
+    """Every port of 256 contiguous listeners, through 60 programs: each port right at, inside and next to the
+    ranges' edges is let through by the kernel exactly when a range holds it (and the scene's own listeners never)."""
+    sweep = scene(interpreter)['sweep']
+    assert len(sweep['results']) == len(sweep['cases']) == 60
+    let_through = 0
+    for case, result in zip(sweep['cases'], sweep['results']):
+        assert 'error' not in result, (case, result)
+        want = sorted(port for port in range(SWEEP_BASE, SWEEP_BASE + SWEEP_PORTS)
+                      if any(first <= port <= last for first, last in case['local']))
+        assert result['ports'] == want, case
+        let_through += len(want)
+    assert 0 < let_through < 60 * SWEEP_PORTS
 
 
 @INTERPRETERS

@@ -309,17 +309,22 @@ def _bc_compare(code, port):
     return [(code, 8, 12), (0, 0, port)]
 
 
-def _bc_and(first, second):
-    """Both must match: first's rejections are moved past second's end."""
-    patched = list(first)
-    length = 4 * len(first)
+def _bc_reject_later(program, extra):
+    """``program`` with its rejections (a jump 4 bytes past its end) moved ``extra`` bytes further."""
+    patched = list(program)
+    length = 4 * len(program)
     index = 0
     while index < len(patched):
         code, yes, no = patched[index]
         if no == length - 4 * index + 4:
-            patched[index] = (code, yes, no + 4 * len(second))
+            patched[index] = (code, yes, no + extra)
         index += yes // 4
-    return patched + list(second)
+    return patched
+
+
+def _bc_and(first, second):
+    """Both must match: first's rejections are moved past second's end."""
+    return _bc_reject_later(first, 4 * len(second)) + list(second)
 
 
 def _bc_or(first, second):
@@ -327,20 +332,36 @@ def _bc_or(first, second):
     return list(first) + [(INET_DIAG_BC_JMP, 4, 4 * len(second) + 4)] + list(second)
 
 
+def _bc_range(first, last, ge_code, le_code):
+    if first == 0:
+        return _bc_compare(le_code, last)
+    if last == 65535:
+        return _bc_compare(ge_code, first)
+    return _bc_and(_bc_compare(ge_code, first), _bc_compare(le_code, last))
+
+
+def _bc_ranges(ranges, ge_code, le_code):
+    """A binary search over sorted, disjoint ``ranges``: a port meets ~log2(n) + 2 comparisons, not up to 2n. The
+    kernel runs the program on every socket of the table: with 64 listening ports and 90k sockets, the per-port
+    mode's filtered dump took 60 ms with a list of the ranges, 51 ms with this (the walk alone: 14 ms).
+
+    [port >= the upper half's first? no: to the lower half][upper half, its rejections moved past the lower half]
+    [match: jump to the end][lower half]. Every operation stays on the chain of `yes` jumps from the start, as
+    the kernel's audit (inet_diag_bc_audit) wants.
+    """
+    if len(ranges) == 1:
+        return _bc_range(ranges[0][0], ranges[0][1], ge_code, le_code)
+    middle = len(ranges) // 2
+    lower = _bc_ranges(ranges[:middle], ge_code, le_code)
+    upper = _bc_reject_later(_bc_ranges(ranges[middle:], ge_code, le_code), 4 * len(lower) + 4)
+    return [(ge_code, 8, 12 + 4 * len(upper)), (0, 0, ranges[middle][0])] + _bc_or(upper, lower)
+
+
 def _bc_ports(ranges, ge_code, le_code):
     """The program accepting a port (source or destination) in one of ``ranges``; None when any port matches."""
     if ranges is None or ranges == [(0, 65535)]:
         return None
-    program = None
-    for first, last in reversed(ranges):
-        if first == 0:
-            one = _bc_compare(le_code, last)
-        elif last == 65535:
-            one = _bc_compare(ge_code, first)
-        else:
-            one = _bc_and(_bc_compare(ge_code, first), _bc_compare(le_code, last))
-        program = one if program is None else _bc_or(one, program)
-    return program
+    return _bc_ranges(ranges, ge_code, le_code)
 
 
 def port_bytecode(local_ranges=None, remote_ranges=None, either=False):
