@@ -20,6 +20,8 @@ STYLE = {
     'minority': ('black', '.'),
     'proc_one': ('tab:olive', 'v'),
     'proc_all': ('tab:cyan', 'v'),
+    'ports': ('tab:pink', 'P'),
+    'ports_floor': ('darkgrey', '.'),
 }
 SHOWN = ('ESTABLISHED', 'TIME_WAIT', 'LISTEN', 'CLOSE_WAIT', 'FIN_WAIT2')
 
@@ -117,6 +119,15 @@ def _target_rows(results):
                     '(bare {3} ms; full dump via zabbix_get {4} ms) | {5} |'.format(
                         item['sockets'], item['target'], _fmt_ms(item['seconds']), _fmt_ms(item['bare']),
                         _fmt_ms(item['full_agent']), _yes(item['met'])))
+    item = check.get('ports_vs_all')
+    if item:
+        rows.append('| at 100k ({0} sockets): the per-port call at most {1:g}x the all-states call (issue 10) | via '
+                    'zabbix_get {2} vs {3} ms = {4:.2f}x, bare {5} vs {6} ms = {7:.2f}x; against the full dump '
+                    '(the all-states call before the counters path): {8:.2f}x / {9:.2f}x | {10} |'.format(
+                        item['sockets'], item['target'], _fmt_ms(item['ports_agent']), _fmt_ms(item['all_agent']),
+                        item['ratio_all_agent'], _fmt_ms(item['ports_bare']), _fmt_ms(item['all_bare']),
+                        item['ratio_all_bare'], item['ratio_full_agent'], item['ratio_full_bare'],
+                        _yes(item['met'])))
     item = check.get('vs_recipe_at_1k')
     if item:
         rows.append('| at 1k ({0} sockets): ours (all states) at or below the recipe\'s one-state call | via '
@@ -127,6 +138,36 @@ def _target_rows(results):
                         item['ratio_bare'], _fmt_ms(item['ours_one_agent']), _fmt_ms(item['ours_one_bare']),
                         _yes(item['met'])))
     return rows
+
+
+def _ports_section(results, add):
+    sizes = [entry for entry in results['sizes'] if 'ports' in entry['timings']]
+    add('## The per-port call (issue 10), median ms')
+    add('')
+    add('`tcp_status.py ports` (the key `tcp.status.ports`, the template\'s per-port master item) against the '
+        'all-states call (`tcp_status.py all`, the counters path), the full dump of every state '
+        '(`--backend=netlink all`, what the all-states call cost before the counters path, and still costs when '
+        'its cross-check fails) and its own floor (`bench/methods/ports_floor.py`: the same two dumps, tallied by '
+        'state only). The per-port call needs every socket on a listening port one by one (a kernel counter '
+        'gives ESTABLISHED for the whole host, none gives it per port): the kernel fills one message per such '
+        'socket, here the server ends of the load\'s connections, about half of the sockets; the client ends '
+        'are left out by the kernel\'s filter. The all-states call reads ESTABLISHED from a counter and dumps '
+        'only the other states.')
+    add('')
+    add('| size | route | per port | all states | ratio | full dump | ratio | floor | per port - floor |')
+    add('|---|---|---|---|---|---|---|---|---|')
+    for entry in sizes:
+        for route, label in (('agent', 'via zabbix_get'), ('bare', 'bare')):
+            ports, every, full, floor = (_timing(entry, method_id, route) for method_id in (
+                'ports', 'ours_all', 'full_all', 'ports_floor'))
+            if not ports:
+                continue
+            add('| {0} ({1} sockets) | {2} | {3} | {4} | {5:.2f}x | {6} | {7:.2f}x | {8} | {9} |'.format(
+                _size_label(entry), entry['sockets_counted'], label, _fmt_ms(ports['median']),
+                _fmt_ms(every['median']), ports['median'] / every['median'], _fmt_ms(full['median']),
+                ports['median'] / full['median'], _fmt_ms(floor['median']) if floor else '-',
+                _fmt_ms(ports['median'] - floor['median']) if floor else '-'))
+    add('')
 
 
 def write_markdown(results, path, png_path, json_path):
@@ -185,6 +226,7 @@ def write_markdown(results, path, png_path, json_path):
                                          for entry in sizes) + ' |')
     add('|---|---|' + '---|' * len(sizes))
     for method_id, route in (('ours_all', 'agent'), ('ours_all', 'bare'), ('ours_one', 'agent'), ('ours_one', 'bare'),
+                             ('ports', 'agent'), ('ports', 'bare'), ('ports_floor', 'bare'),
                              ('full_all', 'agent'), ('full_all', 'bare'), ('minority', 'agent'), ('minority', 'bare'),
                              ('ss_all', 'agent'), ('ss_all', 'bare'), ('native', 'agent'), ('recipe', 'agent'),
                              ('recipe', 'bare')):
@@ -200,7 +242,7 @@ def write_markdown(results, path, png_path, json_path):
             max([m['max'] for m in results['methods'] if m['max']] or [0])))
     add('')
 
-    add('## Targets (issue 13), ratios within this run')
+    add('## Targets (issues 13 and 10), ratios within this run')
     add('')
     rows = _target_rows(results)
     if rows:
@@ -212,6 +254,8 @@ def write_markdown(results, path, png_path, json_path):
         add('(no target size in this run)')
     add('')
 
+    if any('ports' in entry['timings'] for entry in sizes):
+        _ports_section(results, add)
     add('## The derived path, the full dump and ss on the same load')
     add('')
     add('At every size, with the churn running, {0} rounds of: `ss -tan` tallied, the counters path '
@@ -323,7 +367,7 @@ def write_markdown(results, path, png_path, json_path):
     add('')
     add('| method | ' + ' | '.join(_size_label(entry) for entry in sizes) + ' |')
     add('|---|' + '---|' * len(sizes))
-    for method_id in ('ours_one', 'ours_all', 'full_all', 'proc_one', 'proc_all'):
+    for method_id in ('ours_one', 'ours_all', 'full_all', 'ports', 'proc_one', 'proc_all'):
         add('| {0} | {1} |'.format(labels[method_id], ' | '.join(
             '{0:.1f} MiB'.format(entry['max_rss_kib'][method_id] / 1024.0) if method_id in entry['max_rss_kib']
             else '-' for entry in sizes)))
@@ -348,10 +392,13 @@ def write_markdown(results, path, png_path, json_path):
     add('## Correctness: every method\'s counts against ss (churn paused)')
     add('')
     add('With the churn paused, every method is asked for ESTABLISHED, TIME_WAIT, LISTEN, CLOSE_WAIT and '
-        'FIN_WAIT2 (the recipe knows the first three, the floor row every state but ESTABLISHED), bare and '
-        'through the agent, one method after the other; `ss -tan` is tallied right before and right after each '
-        'method as the reference. Through the agent, ESTABLISHED is reduced by 2 (the `zabbix_get` connection '
-        'itself, both ends). A count agrees when it lies between its two references, give or take 2 + 0.1% '
+        'FIN_WAIT2 (the recipe knows the first three, the counters floor row every state but ESTABLISHED), bare '
+        'and through the agent, one method after the other; `ss -tan` is tallied right before and right after '
+        'each method as the reference. The per-port row is held to ss port by port, on every port it lists '
+        '(each must be a listening port, and it must list every listening port up to its bound of 100), its '
+        'floor row to the sockets on all listening ports. Through the agent, ESTABLISHED is reduced by 2 (the '
+        '`zabbix_get` connection itself, both ends), by 1 in the per-port rows (its server end, on the agent\'s '
+        'listening port). A count agrees when it lies between its two references, give or take 2 + 0.1% '
         '(short-lived connections), plus one TIME_WAIT per call in that window (every agent exchange leaves a '
         'TIME_WAIT while older ones expire).')
     add('')
@@ -395,10 +442,12 @@ def write_markdown(results, path, png_path, json_path):
         'straightened) with the recipe\'s own UserParameter line; `tcp.ss` is `bench/methods/tcp_ss.sh` '
         '(`ss -Htan state X | wc -l`, or one `ss -Htan | awk` tally for `all`); `tcp.status.backend[B,...]` '
         'runs the installed script with its `--backend=B` option (netlink: the full dump; proc: '
-        '/proc/net/tcp{,6}). The floor row is `bench/methods/minority_dump.py`, which compiles the installed '
-        'script as every run of it does and calls its `count_states()` for every state but ESTABLISHED with the '
-        'netlink backend: the counters path minus its kernel counter reads and check. The native item is '
-        'answered inside the agent (no bare-command row).')
+        '/proc/net/tcp{,6}). The counters floor row is `bench/methods/minority_dump.py`, which compiles the '
+        'installed script as every run of it does and calls its `count_states()` for every state but ESTABLISHED '
+        'with the netlink backend: the counters path minus its kernel counter reads and check. The per-port '
+        'floor row is `bench/methods/ports_floor.py`: the per-port call\'s two dumps (the listeners, then every '
+        'other state on their ports, filtered by the kernel) tallied by state. The native item is answered '
+        'inside the agent (no bare-command row).')
     add('- Timing: wall clock around the whole process (fork/exec and interpreter start included), calls '
         'interleaved round robin across methods after one warm-up round; CPU user/sys times from '
         '`wait4()` of the bare command; memory from GNU time.')

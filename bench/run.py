@@ -45,6 +45,7 @@ from zabbix import role_items
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 MINORITY = os.path.join(BENCH, 'methods', 'minority_dump.py')
+PORTS_FLOOR = os.path.join(BENCH, 'methods', 'ports_floor.py')
 RECIPE = os.path.join(BENCH, 'methods', 'tcp_connections.sh')
 SS_SCRIPT = os.path.join(BENCH, 'methods', 'tcp_ss.sh')
 AGENT_PYTHON = '/usr/bin/python3'  # what the role's shebang gives on this host (Debian 12)
@@ -61,7 +62,7 @@ SLOW_MAX = 100000
 PYTHON_START = [AGENT_PYTHON, '-S', '-c', 'import _socket, _struct, errno, time']
 TIMED_STATE = 'ESTABLISHED'  # the one state of the one-state rows (the busiest one)
 INTERVAL_METHODS = ('ss_one', 'native', 'ours_one')  # measured as 11 real calls
-MEMORY_METHODS = ('ours_one', 'ours_all', 'full_all', 'proc_one', 'proc_all')
+MEMORY_METHODS = ('ours_one', 'ours_all', 'full_all', 'ports', 'proc_one', 'proc_all')
 GNU_TIME = '/usr/bin/time'
 
 # (sockets, timed repeats, interval repeats); interval (11 calls per method) only up to SLOW_MAX.
@@ -75,6 +76,7 @@ TARGETS = {
     'full_vs_counters_min': 3.0,       # at 200k: all states >= 3x faster than the full dump
     'at_1m_agent_max_seconds': 1.0,    # at 1M: all states through zabbix_get under 1 s
     'vs_recipe_at_1k_max': 1.0,        # at 1k: ours all states at or below the recipe's one-state call
+    'ports_vs_all_at_100k_max': 1.5,   # at 100k (issue 10): the per-port call at most 1.5x the all-states call
 }
 
 
@@ -99,9 +101,12 @@ def install_counter(directory):
 
 def build_methods(script):
     """One row per method. 'bare' and 'key' are templates filled with the state (one-state methods) or used as
-    they are (all-state methods); 'states' = what it can answer; 'max' = the largest size it is measured at."""
+    they are (all-state methods); 'states' = what it can answer; 'max' = the largest size it is measured at;
+    'kind' = what its answer counts: host (the whole host's sockets by state), ports (the per-port JSON: each
+    listening port's sockets by state) or listening (the sockets on listening ports, by state)."""
     count_key = role_items.item('count')['key']
     json_key = role_items.item('states')['key']
+    ports_key = role_items.item('ports')['key']
     return [
         {'id': 'recipe', 'label': 'recipe netstat script (1 state)', 'all': False, 'states': RECIPE_STATES,
          'bare': [RECIPE, '{state}'], 'key': 'tcp.recipe[{state}]', 'max': SLOW_MAX},
@@ -118,8 +123,13 @@ def build_methods(script):
         {'id': 'full_all', 'label': 'ours, full dump forced (--backend=netlink, all states)', 'all': True,
          'states': counter.STATES, 'bare': [script, '--backend=netlink', 'all'],
          'key': 'tcp.status.backend[netlink,all]', 'max': None},
-        {'id': 'minority', 'label': 'floor: dump of every state but ESTABLISHED, no counters', 'all': True,
+        {'id': 'minority', 'label': 'counters floor: dump of every state but ESTABLISHED', 'all': True,
          'states': MINORITY_STATES, 'bare': [AGENT_PYTHON, '-S', MINORITY, script], 'key': 'tcp.minority', 'max': None},
+        {'id': 'ports', 'label': 'ours, per port (every listening port, 1 call)', 'all': True, 'kind': 'ports',
+         'states': counter.STATES, 'bare': [script, 'ports'], 'key': ports_key, 'max': None},
+        {'id': 'ports_floor', 'label': 'per-port floor: its two dumps, tallied by state', 'all': True,
+         'kind': 'listening', 'states': counter.STATES, 'bare': [AGENT_PYTHON, '-S', PORTS_FLOOR, script],
+         'key': 'tcp.ports_floor', 'max': None},
         {'id': 'proc_one', 'label': 'ours, /proc backend (1 state)', 'all': False, 'states': counter.STATES,
          'bare': [script, '--backend=proc', '{state}'], 'key': 'tcp.status.backend[proc,{state}]',
          'max': SLOW_MAX},
@@ -139,6 +149,8 @@ def bench_userparameters(script):
         "tcp.status.backend[*],{0} --backend='$1' '$2'".format(script),
         # The floor under the counters path (bench/methods/minority_dump.py).
         'tcp.minority,{0} -S {1} {2}'.format(AGENT_PYTHON, MINORITY, script),
+        # The floor under the per-port call (bench/methods/ports_floor.py).
+        'tcp.ports_floor,{0} -S {1} {2}'.format(AGENT_PYTHON, PORTS_FLOOR, script),
     ]
 
 
@@ -200,8 +212,14 @@ def max_rss_kib(argv, runs):
 
 
 def parse_counts(method, text, state):
-    """Counts a method's output gives, as {STATE: n}; raises BenchError on junk."""
+    """Counts a method's output gives, as {STATE: n}, or for the per-port rows {'PORT/STATE': n} (ports) and
+    {'listening/STATE': n} (listening); raises BenchError on junk."""
     try:
+        if method.get('kind') == 'ports':
+            return dict(('{0}/{1}'.format(entry['port'], name), int(value))
+                        for entry in json.loads(text)['ports'] for name, value in entry['states'].items())
+        if method.get('kind') == 'listening':
+            return dict(('listening/' + name, int(value)) for name, value in json.loads(text).items())
         if method['all'] and method['id'] != 'ss_all':
             return dict((name, int(value)) for name, value in json.loads(text).items())
         if method['id'] == 'ss_all':
@@ -212,17 +230,33 @@ def parse_counts(method, text, state):
             return dict((name, counts.get(name, 0)) for name in counter.STATES)
         # The recipe's script prints an empty line for a state with no sockets.
         return {state: int(text) if text != '' or method['id'] != 'recipe' else 0}
-    except (ValueError, TypeError, counter.TcpStatusError):
+    except (ValueError, TypeError, KeyError, counter.TcpStatusError):
         raise BenchError('{0} gave {1!r}, not counts'.format(method['label'], text[:200]))
 
 
-def ss_reference():
-    """Independent reference: ss -tan tallied here (both families)."""
+def ss_reference(by_port=False):
+    """Independent reference: ss -tan tallied here (both families), {STATE: n}; with ``by_port`` also the
+    sockets whose local port has a LISTEN socket, {'PORT/STATE': n} per such port and {'listening/STATE': n}."""
     output = subprocess.run(['ss', '-Htan'], stdout=subprocess.PIPE, check=True).stdout.decode()
     counts = dict((name, 0) for name in counter.STATES)
+    rows = []
     for line in output.splitlines():
         if line.strip():
-            counts[counter.normalize_state(line.split(None, 1)[0])] += 1
+            fields = line.split()
+            state = counter.normalize_state(fields[0])
+            counts[state] += 1
+            rows.append((state, int(fields[3].rpartition(':')[2])))
+    if by_port:
+        listening = set(port for state, port in rows if state == 'LISTEN')
+        for port in listening:
+            for name in counter.STATES:
+                counts['{0}/{1}'.format(port, name)] = 0
+        for name in counter.STATES:
+            counts['listening/' + name] = 0
+        for state, port in rows:
+            if port in listening:
+                counts['{0}/{1}'.format(port, state)] += 1
+                counts['listening/' + state] += 1
     return counts
 
 
@@ -242,11 +276,17 @@ def check_correctness(agent, methods, log):
     A count agrees when it lies between those two references, give or take
     2 + 0.1% (short-lived connections) and, for TIME_WAIT, one more per call in
     that window (every agent exchange leaves a TIME_WAIT, earlier ones expire).
+    The per-port row is held to ss on every port its answer lists (each of which must be a listening port), and
+    must list every listening port up to its default bound (counter.MAX_PORTS_DEFAULT); its floor row to the sum
+    over the listening ports. Through the agent, the zabbix_get connection is taken off: both ends for the
+    whole-host rows, its server end (on the agent's own listening port) for the per-port rows.
     """
     result = {'methods': {}}
-    before = result['reference_before'] = ss_reference()
+    before = ss_reference(by_port=True)
+    result['reference_before'] = dict((state, before[state]) for state in counter.STATES)
     calls = 0
     for method in methods:
+        kind = method.get('kind', 'host')
         for path in ('bare', 'agent'):
             template = method['bare'] if path == 'bare' else method['key']
             if template is None:
@@ -261,30 +301,51 @@ def check_correctness(agent, methods, log):
                     text = agent.get(fill(template, state or 'all'))
                 window_calls += 1
                 counts.update(parse_counts(method, text, state))
-            after = ss_reference()
-            if path == 'agent' and 'ESTABLISHED' in counts:
-                counts['ESTABLISHED'] -= 2  # zabbix_get's own connection to the agent, both ends
+            after = ss_reference(by_port=True)
+            listed = sorted(set(int(key.partition('/')[0]) for key in counts)) if kind == 'ports' else []
+            keys = {'host': states, 'listening': ['listening/' + state for state in states],
+                    'ports': ['{0}/{1}'.format(port, state) for port in listed for state in states]}[kind]
+            if path == 'agent':
+                own, extra = {'host': ('ESTABLISHED', 2), 'listening': ('listening/ESTABLISHED', 1),
+                              'ports': ('{0}/ESTABLISHED'.format(agent.port), 1)}[kind]
+                if own in counts:
+                    counts[own] -= extra
             deviations = {}
             agreed = True
-            for state in states:
-                value = counts[state]
-                low, high = sorted((before[state], after[state]))
-                tolerance = 2 + high // 1000 + (window_calls if state == 'TIME_WAIT' else 0)
-                deviation = 0 if low <= value <= high else (value - high if value > high else value - low)
-                deviations[state] = deviation
+            for key in keys:
+                low, high = sorted((before.get(key, 0), after.get(key, 0)))
+                tolerance = 2 + high // 1000 + (window_calls if key.endswith('TIME_WAIT') else 0)
+                deviation = _deviation(counts[key], low, high)
+                deviations[key] = deviation
                 agreed = agreed and abs(deviation) <= tolerance
             name = '{0}/{1}'.format(method['id'], path)
-            result['methods'][name] = {
-                'counts': dict((state, counts[state]) for state in states), 'deviation': deviations,
-                'agreed': agreed, 'ss_before': dict((state, before[state]) for state in states),
-                'ss_after': dict((state, after[state]) for state in states)}
+            item = {'agreed': agreed}
+            if kind == 'ports':
+                # Every listed port listens (ss lists a LISTEN socket on it), and none is missing under the bound.
+                listening = [key for key in before if key.endswith('/LISTEN') and not key.startswith('listening/')]
+                wanted = min(len(listening), counter.MAX_PORTS_DEFAULT)
+                unknown = [port for port in listed if '{0}/LISTEN'.format(port) not in before]
+                item.update({'ports_listed': len(listed), 'ports_listening': len(listening), 'unknown': unknown})
+                agreed = item['agreed'] = agreed and not unknown and len(listed) == wanted
+
+                def summed(table):
+                    return dict((state, sum(table.get('{0}/{1}'.format(port, state), 0) for port in listed))
+                                for state in states)
+                item.update({'counts': summed(counts), 'ss_before': summed(before), 'ss_after': summed(after),
+                             'deviation': dict((key, value) for key, value in deviations.items() if value)})
+            else:
+                item.update({'counts': dict((key, counts[key]) for key in keys), 'deviation': deviations,
+                             'ss_before': dict((key, before[key]) for key in keys),
+                             'ss_after': dict((key, after[key]) for key in keys)})
+            result['methods'][name] = item
             if not agreed:
-                log('  DISAGREES: {0} {1} (ss before {2}, after {3})'.format(
-                    name, result['methods'][name]['counts'], result['methods'][name]['ss_before'],
-                    result['methods'][name]['ss_after']))
+                log('  DISAGREES: {0} {1} (ss before {2}, after {3}){4}'.format(
+                    name, item['counts'], item['ss_before'], item['ss_after'],
+                    ' ports listed {0} of {1} listening, not listening: {2}'.format(
+                        item['ports_listed'], item['ports_listening'], item['unknown']) if kind == 'ports' else ''))
             calls += window_calls
             before = after
-    result['reference_after'] = before
+    result['reference_after'] = dict((state, before[state]) for state in counter.STATES)
     result['calls'] = calls
     result['all_agreed'] = all(entry['agreed'] for entry in result['methods'].values())
     return result
@@ -528,6 +589,19 @@ def evaluate_targets(sizes):
                             'full_agent': _median(entry, 'full_all', 'agent'),
                             'target': TARGETS['at_1m_agent_max_seconds'],
                             'met': agent < TARGETS['at_1m_agent_max_seconds']}
+    entry = by_size.get(100000)
+    if entry and 'ports' in entry['timings']:
+        figures = dict(('{0}_{1}'.format(key, route), _median(entry, method_id, route))
+                       for key, method_id in (('ports', 'ports'), ('all', 'ours_all'), ('full', 'full_all'),
+                                              ('floor', 'ports_floor'))
+                       for route in ('agent', 'bare'))
+        ratios = dict(('ratio_{0}_{1}'.format(key, route),
+                       figures['ports_' + route] / figures['{0}_{1}'.format(key, route)])
+                      for key in ('all', 'full', 'floor') for route in ('agent', 'bare'))
+        targets['ports_vs_all'] = dict(figures, **ratios)
+        targets['ports_vs_all'].update({
+            'sockets': entry['sockets_counted'], 'target': TARGETS['ports_vs_all_at_100k_max'],
+            'met': max(ratios['ratio_all_agent'], ratios['ratio_all_bare']) <= TARGETS['ports_vs_all_at_100k_max']})
     entry = by_size.get(1000)
     if entry:
         ours_agent, recipe_agent = _median(entry, 'ours_all', 'agent'), _median(entry, 'recipe', 'agent')

@@ -66,7 +66,7 @@ def test_benchmark_smoke_run(tmp_path):
     entry = results['sizes'][0]
     method_ids = [method['id'] for method in results['methods']]
     assert set(method_ids) == {'recipe', 'ss_one', 'ss_all', 'native', 'ours_one', 'ours_all',
-                               'proc_one', 'proc_all', 'full_all', 'minority'}
+                               'proc_one', 'proc_all', 'full_all', 'minority', 'ports', 'ports_floor'}
     for method_id in method_ids:
         agent_timing = entry['timings'][method_id]['agent']
         assert agent_timing['n'] == len(agent_timing['samples']) >= 3
@@ -76,14 +76,22 @@ def test_benchmark_smoke_run(tmp_path):
     disagreeing = dict((name, item) for name, item in correctness['methods'].items() if not item['agreed'])
     assert not disagreeing, disagreeing
     assert results['all_agreed'] is True
-    assert len(correctness['methods']) == 19  # 10 methods through the agent, 9 as bare commands
+    assert len(correctness['methods']) == 23  # 12 methods through the agent, 11 as bare commands
+    # The per-port rows listed every listening port (the load's, the churn's and the agent's) and counted them.
+    for route in ('bare', 'agent'):
+        ports = correctness['methods']['ports/' + route]
+        assert ports['ports_listed'] == ports['ports_listening'] >= 3 and ports['unknown'] == [], ports
+        assert ports['counts']['ESTABLISHED'] > 0 and ports['counts']['LISTEN'] == ports['ports_listening'], ports
+        floor = correctness['methods']['ports_floor/' + route]['counts']
+        assert floor['listening/ESTABLISHED'] >= ports['counts']['ESTABLISHED'] - 2, (floor, ports)
     assert entry['max_rss_kib']['ours_all'] > 0
     assert set(entry['interval']) >= {'ours_all', 'native', 'ss_one', 'recipe'}
 
     assert (out / 'bench.png').read_bytes()[:8] == PNG_MAGIC
     markdown = (out / 'BENCHMARK.md').read_text()
-    assert '## Targets (issue 13), ratios within this run' in markdown
+    assert '## Targets (issues 13 and 10), ratios within this run' in markdown
     assert '| ours (all states, 1 call) | via zabbix_get |' in markdown
+    assert '| ours, per port (every listening port, 1 call) | via zabbix_get |' in markdown
 
     # It ran in its own network namespace, and nothing of it is left: not its agent, not its load workers.
     assert results['private_netns'] is True
