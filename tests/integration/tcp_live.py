@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -228,6 +229,90 @@ class SocketFarm(object):
         for sock in self.sockets:
             sock.close()
         self.sockets = []
+
+
+# --------------------------------------------------------------------------------------------------
+# Raw TCP segments from 10.9.x.x (clients that are not sockets of this host), inside a test's namespace
+# --------------------------------------------------------------------------------------------------
+
+SYN, ACK = 0x02, 0x10
+
+
+def _checksum(data):
+    if len(data) % 2:
+        data += b'\0'
+    total = sum(struct.unpack('!{0}H'.format(len(data) // 2), data))
+    total = (total >> 16) + (total & 0xffff)
+    total += total >> 16
+    return ~total & 0xffff
+
+
+def _route_raw_clients():
+    """Route 10.9.0.0/16 to lo with no reverse-path filter: the SYN-ACKs to those clients leave and nobody answers
+    them (no RST either)."""
+    subprocess.check_call(['ip', 'route', 'replace', '10.9.0.0/16', 'dev', 'lo'])
+    for name in ('all', 'lo', 'default'):
+        subprocess.check_call(['sysctl', '-qw', 'net.ipv4.conf.{0}.rp_filter=0'.format(name)])
+
+
+def send_segments(segments):
+    """Send IPv4 TCP segments (source address, source port, 127.0.0.1's port, seq, ack, flags) to 127.0.0.1."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        for index, (address, sport, dport, seq, ack, flags) in enumerate(segments):
+            source, target = socket.inet_aton(address), socket.inet_aton('127.0.0.1')
+            tcp = struct.pack('!HHIIBBHHH', sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+            pseudo = source + target + struct.pack('!BBH', 0, socket.IPPROTO_TCP, len(tcp))
+            tcp = tcp[:16] + struct.pack('!H', _checksum(pseudo + tcp)) + tcp[18:]
+            ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), index, 0, 64, socket.IPPROTO_TCP, 0,
+                             source, target)
+            ip = ip[:10] + struct.pack('!H', _checksum(ip)) + ip[12:]
+            raw.sendto(ip + tcp, ('127.0.0.1', 0))
+    finally:
+        raw.close()
+
+
+def half_open(port, count):
+    """``count`` half-open request sockets (SYN_RECV, not in sockstat's inuse) on our 127.0.0.1 listener: raw SYNs
+    from 10.9.0.x, never answered."""
+    _route_raw_clients()
+    send_segments([('10.9.0.{0}'.format(index + 1), 40000 + index, port, 1000 + index, 0, SYN)
+                   for index in range(count)])
+
+
+def acked_on_a_full_queue(farm, port, count, fill, timeout=5.0):
+    """``count`` handshakes whose last ACK meets a full accept queue: what a real network does to a listener that
+    stops accepting. Raw SYNs from 10.9.1.x while the queue has room (request sockets, SYN_RECV); ``fill`` real
+    clients then fill the accept queue; then the raw clients' ACKs arrive (with the SYN-ACKs' sequence numbers,
+    read off lo): the kernel cannot move them to the full queue, counts a ListenOverflow for each and keeps them in
+    SYN_RECV (tcp_abort_on_overflow 0), while those clients would believe they are connected."""
+    _route_raw_clients()
+    capture = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+    try:
+        capture.bind(('lo', 0x0800))
+        clients = [('10.9.1.{0}'.format(index + 1), 41000 + index) for index in range(count)]
+        send_segments([(address, sport, port, 5000, 0, SYN) for address, sport in clients])
+        server_seq = {}
+        capture.settimeout(0.2)
+        deadline = time.time() + timeout
+        while len(server_seq) < count and time.time() < deadline:
+            try:
+                packet = capture.recv(2048)
+            except socket.timeout:
+                continue
+            header = (bytearray(packet)[0] & 0x0f) * 4
+            sport, dport, seq = struct.unpack('!HHI', packet[header:header + 8])
+            flags = bytearray(packet)[header + 13]
+            target = (socket.inet_ntoa(packet[16:20]), dport)
+            if sport == port and flags & (SYN | ACK) == SYN | ACK and target in clients:
+                server_seq[target] = seq
+        if len(server_seq) < count:
+            raise RuntimeError('saw {0} of {1} SYN-ACKs on lo'.format(len(server_seq), count))
+    finally:
+        capture.close()
+    for _ in range(fill):
+        farm.queued(port)
+    send_segments([(address, sport, port, 5001, server_seq[address, sport] + 1, ACK) for address, sport in clients])
 
 
 def settle(expected, family='all', local=None, remote=None, timeout=5.0):

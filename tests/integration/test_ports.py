@@ -6,7 +6,8 @@ The scene: listeners on IPv4, IPv6 only and dual-stack, with ESTABLISHED, CLOSE_
 them; half-open request sockets (SYN_RECV) on one; a port with two listeners (127.0.0.1 and 127.0.0.2), one of
 them never accepting with a backlog of 2, so that its accept queue fills (the kernel queues backlog + 1) and the
 clients after that stay in SYN_SENT while the listener drops their SYNs (ListenOverflows); a listener of its own
-that never accepts; many idle listeners, more than the default bound of 100 ports and more than fit in the
+that never accepts; a listener that stops accepting while handshakes are under way, as on a real network (raw
+clients whose last ACK arrives once the queue is full): their connections stay in SYN_RECV; many idle listeners, more than the default bound of 100 ports and more than fit in the
 answer's 60,000 bytes. Every answer is compared with ``ss -Htan`` per port (local and remote) and ``ss -Hltn``
 (Recv-Q/Send-Q) for the accept queues, and with /proc/net/netstat for ListenOverflows/ListenDrops.
 
@@ -58,7 +59,7 @@ def _flood(farm, address, port, count):
 
 
 def build_scene(farm):
-    from test_scale_paths import half_open
+    from tcp_live import acked_on_a_full_queue, half_open
     v4 = farm.listener('ipv4')
     v6 = farm.listener('ipv6')
     dual = farm.listener('dual')
@@ -82,8 +83,12 @@ def build_scene(farm):
     # A listener that never accepts, alone on its port.
     _sock, stuck = _listen(farm, '127.0.0.1', 1)
     _flood(farm, '127.0.0.1', stuck, 4)
+    # A listener (backlog 4) whose queue fills (5 clients) while 3 handshakes are under way: their last ACKs meet the
+    # full queue and they stay in SYN_RECV (the SYN queue holds 3 < 4 requests, so no SYN cookies are used).
+    _sock, acked = _listen(farm, '127.0.0.1', 4)
+    acked_on_a_full_queue(farm, acked, 3, 5)
     idle = [_listen(farm, '127.0.0.1', 1)[1] for _ in range(IDLE_LISTENERS)]
-    return {'v4': v4, 'v6': v6, 'dual': dual, 'shared': shared, 'stuck': stuck, 'idle': idle}
+    return {'v4': v4, 'v6': v6, 'dual': dual, 'shared': shared, 'stuck': stuck, 'acked': acked, 'idle': idle}
 
 
 def ss_listen_queues():
@@ -245,7 +250,7 @@ def test_every_listening_port_is_counted_as_ss_lists_it(interpreter):
     assert dual['states']['ESTABLISHED'] == 3 and dual['states']['CLOSE_WAIT'] == 1, dual
     # TIME_WAIT stays with the client, whose local port is not a listening one: not on the listener's port.
     assert v4['states']['TIME_WAIT'] == 0 and dual['states']['TIME_WAIT'] == 0
-    assert sum(want[port]['LISTEN'] for port in want) == 3 + 2 + 1 + IDLE_LISTENERS
+    assert sum(want[port]['LISTEN'] for port in want) == 3 + 2 + 1 + 1 + IDLE_LISTENERS
     assert SERVICES[22] == 'ssh' and SERVICES[1] == 'tcpmux'  # the oracle reads what the counter reads
 
 
@@ -267,7 +272,24 @@ def test_the_accept_queue_is_the_fullest_listeners(interpreter):
     overflows, drops = answer(data, 'default')['listen_overflows'], answer(data, 'default')['listen_drops']
     low, high = data['counters_before'], data['counters_after']
     assert low[0] <= overflows <= high[0] and low[1] <= drops <= high[1], (overflows, drops, low, high)
-    assert overflows >= 4 and drops >= overflows, (overflows, drops)
+    # 2 + 2 SYNs dropped by the full queues, 3 ACKs that found the queue full.
+    assert overflows >= 4 + 3 and drops >= overflows, (overflows, drops)
+
+
+@INTERPRETERS
+def test_handshakes_completed_against_a_full_queue_stay_in_syn_recv(interpreter):
+    """The issue's picture of a listener that stops accepting: its queue at the limit, and the connections whose
+    handshake ends after that in SYN_RECV on its port (the clients, on the far side, believe they are connected)."""
+    data = scene(interpreter)
+    port = data['ports']['acked']
+    entry = dict((item['port'], item) for item in answer(data, 'default')['ports'])[port]
+    assert (entry['queue'], entry['backlog']) == (5, 4), entry
+    assert entry['states']['SYN_RECV'] == 3 and entry['states']['ESTABLISHED'] == 5, entry
+    rows = [tuple(row) for row in data['ss_before']]
+    assert sum(1 for row in rows if row[1] == 'SYN_RECV' and row[2] == port) == 3
+    # The /proc fallback sees them too.
+    proc = dict((item['port'], item) for item in answer(data, 'proc')['ports'])[port]
+    assert proc['states']['SYN_RECV'] == 3 and proc['queue'] == 5, proc
 
 
 @INTERPRETERS
@@ -301,8 +323,9 @@ def test_the_bound_keeps_the_busiest_ports_and_says_how_many_were_cut(interprete
     default = answer(data, 'default')
     check_entries(data, default)
     assert len(default['ports']) == 100 and default['truncated'] == listening - 100, default['truncated']
-    busy = [entry['port'] for entry in default['ports'][:5]]
-    assert set(busy) == set([ports['v4'], ports['v6'], ports['dual'], ports['shared'], ports['stuck']]), busy
+    busy = [entry['port'] for entry in default['ports'][:6]]
+    assert set(busy) == set([ports['v4'], ports['v6'], ports['dual'], ports['shared'], ports['stuck'],
+                             ports['acked']]), busy
     keys = [(entry['states']['LISTEN'] - sum(entry['states'].values()), -entry['queue'], entry['port'])
             for entry in default['ports']]
     assert keys == sorted(keys), 'busiest first, then the longest queue, then the lowest port'

@@ -27,7 +27,7 @@ import subprocess
 import sys
 
 import pytest
-from tcp_live import namespace_scene
+from tcp_live import half_open, namespace_scene
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.dirname(HERE)
@@ -131,37 +131,6 @@ def _sockstat_inuse_plus(extra):
             out.append(line)
         return ''.join(out)
     return edit
-
-
-def _checksum(data):
-    if len(data) % 2:
-        data += b'\0'
-    total = sum(struct.unpack('!{0}H'.format(len(data) // 2), data))
-    total = (total >> 16) + (total & 0xffff)
-    total += total >> 16
-    return ~total & 0xffff
-
-
-def half_open(port, count):
-    """``count`` half-open request sockets (SYN_RECV, not in sockstat's inuse) on our 127.0.0.1 listener: raw SYNs
-    from 10.9.0.x, whose SYN-ACKs the namespace routes to lo and nobody answers (no RST either)."""
-    subprocess.check_call(['ip', 'route', 'add', '10.9.0.0/16', 'dev', 'lo'])
-    for name in ('all', 'lo', 'default'):
-        subprocess.check_call(['sysctl', '-qw', 'net.ipv4.conf.{0}.rp_filter=0'.format(name)])
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    try:
-        for index in range(count):
-            source = socket.inet_aton('10.9.0.{0}'.format(index + 1))
-            target = socket.inet_aton('127.0.0.1')
-            tcp = struct.pack('!HHIIBBHHH', 40000 + index, port, 1000 + index, 0, 5 << 4, 0x02, 65535, 0, 0)
-            pseudo = source + target + struct.pack('!BBH', 0, socket.IPPROTO_TCP, len(tcp))
-            tcp = tcp[:16] + struct.pack('!H', _checksum(pseudo + tcp)) + tcp[18:]
-            ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), index, 0, 64, socket.IPPROTO_TCP, 0,
-                             source, target)
-            ip = ip[:10] + struct.pack('!H', _checksum(ip)) + ip[12:]
-            raw.sendto(ip + tcp, ('127.0.0.1', 0))
-    finally:
-        raw.close()
 
 
 def build_scene(farm):
