@@ -601,7 +601,9 @@ def evaluate_targets(sizes):
         targets['ports_vs_all'] = dict(figures, **ratios)
         targets['ports_vs_all'].update({
             'sockets': entry['sockets_counted'], 'target': TARGETS['ports_vs_all_at_100k_max'],
-            'met': max(ratios['ratio_all_agent'], ratios['ratio_all_bare']) <= TARGETS['ports_vs_all_at_100k_max']})
+            'met': max(ratios['ratio_all_agent'], ratios['ratio_all_bare']) <= TARGETS['ports_vs_all_at_100k_max'],
+            'met_full': max(ratios['ratio_full_agent'], ratios['ratio_full_bare'])
+            <= TARGETS['ports_vs_all_at_100k_max']})
     entry = by_size.get(1000)
     if entry:
         ours_agent, recipe_agent = _median(entry, 'ours_all', 'agent'), _median(entry, 'recipe', 'agent')
