@@ -3,23 +3,19 @@
 
     python3 -S minority_dump.py SCRIPT       (SCRIPT: the counter as installed, e.g. /etc/zabbix/tcp_status.py)
 
-Compiles SCRIPT's source here, as every run of the installed script compiles it (a script run as __main__ has
-no .pyc), then asks its own count_states() for every state but ESTABLISHED with the netlink backend (no kernel
-counters, no cross-check) and prints the JSON object. The counters backend does this dump plus two reads of
+Compiles SCRIPT's source as every run of the installed script does (installed_counter.py), then asks its own
+count_states() for every state but ESTABLISHED with the netlink backend (no kernel counters, no cross-check) and
+prints the JSON object. The counters backend does this dump plus two reads of
 /proc/net/sockstat{,6} and /proc/net/snmp; the difference between the two is what the check costs.
 """
 
 import sys
 
+from installed_counter import load
+
 
 def main(argv):
-    if len(argv) != 1:
-        sys.stderr.write('usage: minority_dump.py SCRIPT\n')
-        return 2
-    with open(argv[0]) as handle:
-        source = handle.read()
-    counter = {'__name__': 'tcp_status_counter'}
-    exec(compile(source, argv[0], 'exec'), counter)
+    counter = load(argv, 'minority_dump.py SCRIPT')
     states = [state for state in counter['STATES'] if state != 'ESTABLISHED']
     result = counter['count_states'](states=states, backend='netlink')
     sys.stdout.write(counter['counts_json'](result['counts']) + '\n')

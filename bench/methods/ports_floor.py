@@ -3,25 +3,22 @@
 
     python3 -S ports_floor.py SCRIPT       (SCRIPT: the counter as installed, e.g. /etc/zabbix/tcp_status.py)
 
-Compiles SCRIPT's source here, as every run of the installed script compiles it, then makes the per-port mode's
-requests with its own functions: a dump of the LISTEN sockets, then a dump of every other state on their ports,
-filtered by the kernel (the same bytecode). It prints the sockets whose local port is a listening port as one JSON
-object of states (the sum of the per-port answer's entries), without the per-port tally, the accept queues, the
-/etc/services names, /proc/net/netstat or the answer's JSON: the difference to the per-port call is what those
-cost; the rest is the kernel filling one message per socket of those ports, which no kernel counter replaces.
+Compiles SCRIPT's source as every run of the installed script does (installed_counter.py), then makes the per-port
+mode's requests with its own functions: a dump of the LISTEN sockets, then a dump of every other state on their
+ports, filtered by the kernel (the same bytecode). It prints the sockets whose local port is a listening port as
+one JSON object of states (the sum of the per-port answer's entries), without the per-port tally, the accept
+queues, the /etc/services names, /proc/net/netstat or the answer's JSON: the difference to the per-port call is
+what those cost; the rest is the kernel filling one message per socket of those ports, which no kernel counter
+replaces.
 """
 
 import sys
 
+from installed_counter import load
+
 
 def main(argv):
-    if len(argv) != 1:
-        sys.stderr.write('usage: ports_floor.py SCRIPT\n')
-        return 2
-    with open(argv[0]) as handle:
-        source = handle.read()
-    counter = {'__name__': 'tcp_status_counter'}
-    exec(compile(source, argv[0], 'exec'), counter)
+    counter = load(argv, 'ports_floor.py SCRIPT')
     dump, state_mask, listen = counter['_netlink_dump'], counter['state_mask'], counter['LISTEN_CODE']
     families = ('ipv4', 'ipv6')
     deadline = counter['_clock']() + counter['NETLINK_TIMEOUT']
