@@ -650,6 +650,15 @@ def _graph_prototype(side_name):
     }
 
 
+# The discovery rules get the master's value every {$TCP.PORT.INTERVAL}: only the ports and their names, in port
+# order, go on, and only when they changed (or after the heartbeat), so that the server's LLD runs when a port
+# starts or stops listening, not on every count (as Zabbix's own templates do with their dependent discovery).
+DISCOVERY_ROWS_SCRIPT = ('return JSON.stringify(JSON.parse(value).map(function (row) {\n'
+                         '    return {port: row.port, service: row.service};\n'
+                         '}).sort(function (a, b) { return a.port - b.port; }));\n')
+DISCOVERY_HEARTBEAT = '1h'
+
+
 def _discovery_rule(side_name, version):
     side = PORT_SIDES_BY_NAME[side_name]
     prototypes = [_port_item(side, *row) for row in port_item_prototypes(side_name)]
@@ -692,7 +701,9 @@ def _discovery_rule(side_name, version):
     rule['master_item'] = {'key': PORTS_MASTER_KEY}
     rule['lld_macro_paths'] = [{'lld_macro': '{#PORT}', 'path': '$.port'},
                                {'lld_macro': '{#SERVICE}', 'path': '$.service'}]
-    rule['preprocessing'] = [_jsonpath_step('$.' + side['array'], side['array'])]
+    rule['preprocessing'] = [_jsonpath_step('$.' + side['array'], side['array']),
+                             {'type': 'JAVASCRIPT', 'parameters': [DISCOVERY_ROWS_SCRIPT]},
+                             {'type': 'DISCARD_UNCHANGED_HEARTBEAT', 'parameters': [DISCOVERY_HEARTBEAT]}]
     return rule
 
 
@@ -903,6 +914,9 @@ def _yaml_lines(node, indent):
                 sub = _yaml_lines(value, indent + 2)
                 lines.append(pad + '- ' + sub[0][indent + 2:])
                 lines.extend(sub[1:])
+            elif '\n' in value:
+                lines.append('{0}- |'.format(pad))
+                lines.extend((pad + '  ' + line).rstrip() for line in value.rstrip('\n').split('\n'))
             else:
                 lines.append('{0}- {1}'.format(pad, _yaml_scalar(value)))
     return lines

@@ -644,8 +644,12 @@ def test_discovery_rules_are_dependent_on_the_master(ytemplate, yitems):
         assert rule['lifetime'] == '{$TCP.PORT.LIFETIME}'
         assert rule['lld_macro_paths'] == [{'lld_macro': '{#PORT}', 'path': '$.port'},
                                            {'lld_macro': '{#SERVICE}', 'path': '$.service'}]
-        assert [s['type'] for s in rule['preprocessing']] == ['JSONPATH']
+        # The rows, then only their ports and names in port order, passed on when they changed or after an hour
+        # (the e2e proves on the real servers that a new port is discovered and a closed one goes).
+        assert [s['type'] for s in rule['preprocessing']] == ['JSONPATH', 'JAVASCRIPT', 'DISCARD_UNCHANGED_HEARTBEAT']
         assert rule['preprocessing'][0]['error_handler'] == 'CUSTOM_ERROR'
+        assert 'row.port' in rule['preprocessing'][1]['parameters'][0]
+        assert rule['preprocessing'][2]['parameters'] == ['1h']
     local = rules[DISCOVERY_KEY]
     assert local['filter']['evaltype'] == 'AND'
     assert [(c['macro'], c['value'], c.get('operator', 'MATCHES_REGEX')) for c in local['filter']['conditions']] == [
