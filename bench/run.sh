@@ -1,5 +1,5 @@
 #!/bin/sh
-# Rerun the whole benchmark (1k to 1M sockets, about 25 minutes here), or a 1k-socket smoke version:
+# Rerun the whole benchmark (1k to 1M sockets, about 8 minutes here), or a 1k-socket smoke version:
 #   bench/run.sh [--smoke] [--out DIR] [--markdown PATH] [--agent-port PORT] [--sizes 1000,10000]
 # Uses the project's venv (VENV=... to choose another) and installs the pinned
 # matplotlib from bench/requirements.txt into it if it is missing. Run as root.

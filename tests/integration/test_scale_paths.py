@@ -22,7 +22,6 @@ kernel release in the one test of the pre-4.4 refusal (this machine runs 6.x).
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 
