@@ -65,6 +65,9 @@ DISCOVERY_KEY = role_items.item('discovery')['key']
 # The master's key: every listening port (MAX_PORTS at most), and the remote ports of {$TCP.PORT.REMOTE} (a comma
 # list, hence quoted). The same parameters go to the 3.4 XML's discovery key.
 PORTS_MASTER_KEY = PORTS_KEY + '[,"{$TCP.PORT.REMOTE}",,{$TCP.PORT.MAX}]'
+# The 3.4 XML's master item prototype: the per-port answer for the one discovered port (the key's local port
+# filter), one agent call per listening port and interval for all of its items.
+PORT_MASTER_34_KEY = PORTS_KEY + '[{#PORT}]'
 # Per side of a connection: which array of the ports JSON lists the side's ports, the discovery rule's key (the
 # table's discovery key; the remote rule asks for the remote ports, as the agent's discovery key takes them), the
 # item key of a state on one port (the agent's own count key with the port as its local or remote port filter:
@@ -80,7 +83,7 @@ PORT_SIDES = [
 ]
 PORT_SIDES_BY_NAME = dict((side['side'], side) for side in PORT_SIDES)
 # The accept queue of a listening port's fullest listener, and its limit (the backlog): dependent item prototypes
-# (4.2+ only; the agent has no per-port queue key, so the 3.4 XML has no queue items).
+# (on the ports master in the YAML files, on the port's own master item prototype in the 3.4 XML).
 QUEUE_KEY = COUNT_KEY + '.queue[{#PORT}]'
 BACKLOG_KEY = COUNT_KEY + '.backlog[{#PORT}]'
 # Host-level items of the ports answer (4.2+ and 3.4: plain JSONPath): TcpExt ListenOverflows and ListenDrops as
@@ -1102,8 +1105,10 @@ def _xml_ports_items(items):
 
 def _xml_discovery_rules(rules):
     """3.4 has no dependent discovery and no JSONPath filters: an agent discovery rule per side on the discovery
-    key (the LLD format with the data wrapper), and per-port agent items on the count key (no accept queue: the
-    agent has no per-port queue key)."""
+    key (the LLD format with the data wrapper). Per listening port, one agent call: a master item prototype on the
+    per-port key filtered to that port, and the same item prototypes as the YAML's (states, accept queue and
+    limit) dependent on it, each a plain JSONPath into the answer's one entry; per remote port, agent items on
+    the count key (a per-port call for one remote port would dump every listener's sockets too)."""
     for side in PORT_SIDES:
         rule = _sub(rules, 'discovery_rule')
         _sub(rule, 'name', 'Listening port discovery' if side['side'] == 'local' else 'Remote port discovery')
@@ -1138,27 +1143,37 @@ def _xml_discovery_rules(rules):
         _sub(rule, 'description', 'Every {0} the agent\'s discovery key lists ({{#PORT}}, {{#SERVICE}}, {{#SIDE}}).'.format(
             side['what']))
         prototypes = _sub(rule, 'item_prototypes')
-        for state in side['states']:
-            key = side['state_key'].format(state)
-            row = [r for r in port_item_prototypes(side['side']) if r[0] == key][0]
-            _xml_item(prototypes, row[1], '0', key, '{$TCP.PORT.INTERVAL}', '7d', '365d', '3', row[4], [], None,
-                      prototype=True)
+        if side['side'] == 'local':
+            _xml_item(prototypes, 'Port {#PORT}: per-port counts (JSON)', '0', PORT_MASTER_34_KEY,
+                      '{$TCP.PORT.INTERVAL}', '1h', '0', '4',
+                      'The per-port answer for port {#PORT} alone (one agent call per interval): its states, '
+                      'accept queue and limit; the item prototypes below take their values from it.',
+                      [('5', '^(\\{.*\\})\n\\1')], None, prototype=True)
+            for key, name, field, _type, description, _steps in port_item_prototypes('local'):
+                # 18 = dependent, 3 = numeric unsigned, 12 = JSONPath (a port that stopped listening leaves the
+                # answer empty: its items turn unsupported until the discovery removes them; 3.4 has no error
+                # handlers)
+                _xml_item(prototypes, name, '18', key, '0', '7d', '365d', '3', description,
+                          [('12', '$.ports[0].' + field)], PORT_MASTER_34_KEY, prototype=True)
+        else:
+            for state in side['states']:
+                key = side['state_key'].format(state)
+                row = [r for r in port_item_prototypes(side['side']) if r[0] == key][0]
+                _xml_item(prototypes, row[1], '0', key, '{$TCP.PORT.INTERVAL}', '7d', '365d', '3', row[4], [],
+                          None, prototype=True)
         trigger_prototypes = _sub(rule, 'trigger_prototypes')
         for trigger in PORT_TRIGGERS:
-            if trigger['rule'] == side['side'] and all(key.startswith(COUNT_KEY + '[')
-                                                       for key in _port_trigger_keys(trigger)):
+            if trigger['rule'] == side['side']:
                 _xml_trigger(trigger_prototypes, 'trigger_prototype', _render_expr('3.4', trigger),
                              trigger['event_name'], trigger)
         graph = _sub(_sub(rule, 'graph_prototypes'), 'graph_prototype')
-        _sub(graph, 'name', PORT_GRAPH_NAMES[side['side']].replace(' and accept queue', ''))
+        _sub(graph, 'name', PORT_GRAPH_NAMES[side['side']])
         for tag, text in GRAPH_34_HEAD + (('type', '0'),) + GRAPH_34_TAIL:
             _sub(graph, tag, text)
         _sub(graph, 'ymin_item_1', '0')
         _sub(graph, 'ymax_item_1', '0')
         gitems = _sub(graph, 'graph_items')
         for i, graph_item in enumerate(_graph_prototype(side['side'])['graph_items']):
-            if not graph_item['item']['key'].startswith(COUNT_KEY + '['):
-                continue
             gi = _sub(gitems, 'graph_item')
             for tag, text in (('sortorder', str(i)), ('drawtype', '0'), ('color', graph_item['color']),
                               ('yaxisside', '0'), ('calc_fnc', '2'), ('type', '0')):

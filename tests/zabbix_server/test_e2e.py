@@ -21,11 +21,11 @@ own JSON-RPC tasks before 6.0); the assertions read each server's API:
 - an agent whose UserParameter names a missing interpreter makes the master item unsupported with the shell's
   message, and the "no data" trigger fires (on 5.0 too);
 - per-port monitoring (issue 10): the discovery creates one whole set of items for every port that listens all
-  along (on 5.0 the 3.4 XML's agent discovery and agent items); a never-accepting listener (backlog 2, six
-  clients) has the accept queue and backlog ss shows (3 of 2), state counts equal to `ss ... '( sport = :P )'`,
-  and its clients' remote port (set as {$TCP.PORT.REMOTE}) the ESTABLISHED count of `dport = :P`; on 6.0 and 7.0
-  its accept-queue trigger fires and resolves once the listener accepts, and the items of one port share one
-  clock (one agent call); the held CLOSE_WAIT sockets fire the per-port CLOSE_WAIT trigger prototype on their
+  along (on 5.0 the 3.4 XML's agent discovery, and per port an agent item the others depend on); a
+  never-accepting listener (backlog 2, six clients) has the accept queue and backlog ss shows (3 of 2), state
+  counts equal to `ss ... '( sport = :P )'`, and its clients' remote port (set as {$TCP.PORT.REMOTE}) the
+  ESTABLISHED count of `dport = :P`; its accept-queue trigger fires and resolves once the listener accepts, and
+  the items of one port share one clock (one agent call); the held CLOSE_WAIT sockets fire the per-port CLOSE_WAIT trigger prototype on their
   port (5.0 too); when the listener closes, its items go at the next discovery (lifetime 0 through the host
   macro {$TCP.PORT.LIFETIME});
 - on 7.0 (lab.PICTURES_VERSION), after about three minutes of a load that moves the lines, the frontend draws the
@@ -667,17 +667,16 @@ class FullQueue(object):
 
 def test_ports_discovered_values_match_ss_queue_trigger_and_lifetime(lab, registered, held_sockets):
     """Discovery creates one set of items per listening port; the values of a never-accepting listener's port
-    (and of its clients' remote port) match ss; its accept-queue trigger fires and resolves when it accepts
-    (4.2+ files: 3.4 has no queue items); when it stops listening its items go at the next discovery (lifetime 0)."""
+    (and of its clients' remote port) match ss; its accept-queue trigger fires and resolves when it accepts; when
+    it stops listening its items go at the next discovery (lifetime 0)."""
     api = lab.api
-    dependent = at_least(lab, '6.0')
     before = ss_listening_ports()
     full = FullQueue()
     start = time.time()
     try:
         # Its clients' side: the remote port list of the remote discovery.
         _set_host_macros(api, GOOD_HOST, {'{$TCP.PORT.REMOTE}': str(full.port)})
-        wanted = COUNT_KEY + ('.queue[{0}]' if dependent else '[ESTABLISHED,{0}]').format(full.port)
+        wanted = COUNT_KEY + '.queue[{0}]'.format(full.port)
         remote_key = '{0}[ESTABLISHED,,{1}]'.format(COUNT_KEY, full.port)
 
         def discovered():
@@ -698,8 +697,6 @@ def test_ports_discovered_values_match_ss_queue_trigger_and_lifetime(lab, regist
         items = wait_for('items for every port listening all along: {0}'.format(sorted(steady)), all_steady, 30)
         ports = port_items(items)
         prototypes = [row[0] for row in build_templates.port_item_prototypes('local')]
-        if not dependent:
-            prototypes = [k for k in prototypes if k.startswith(COUNT_KEY + '[')]
         for port, found in ports.items():
             assert sorted(found) == sorted(k.replace('{#PORT}', str(port)) for k in prototypes), port
         log('{0} listening ports discovered, {1} items each'.format(len(ports), len(prototypes)))
@@ -707,11 +704,11 @@ def test_ports_discovered_values_match_ss_queue_trigger_and_lifetime(lab, regist
         queue, backlog = ss_listen_queue(full.port)
         assert (queue, backlog) == (3, 2), (queue, backlog)
         mine = ports[full.port]
-        if dependent:
-            assert int(mine[COUNT_KEY + '.queue[{0}]'.format(full.port)]['lastvalue']) == queue
-            assert int(mine[COUNT_KEY + '.backlog[{0}]'.format(full.port)]['lastvalue']) == backlog
-            # One agent answer feeds them (the backlog keeps only changes, with a heartbeat: its clock is older).
-            assert len(set(item['lastclock'] for key, item in mine.items() if '.backlog[' not in key)) == 1
+        assert int(mine[COUNT_KEY + '.queue[{0}]'.format(full.port)]['lastvalue']) == queue
+        assert int(mine[COUNT_KEY + '.backlog[{0}]'.format(full.port)]['lastvalue']) == backlog
+        # One agent answer feeds them (the backlog keeps only changes, with a heartbeat: its clock is older), on 5.0
+        # the 3.4 XML's per-port master item.
+        assert len(set(item['lastclock'] for key, item in mine.items() if '.backlog[' not in key)) == 1
         for key, item in mine.items():
             match = PORT_ITEM_RE.match(key)
             if match.group(1):
@@ -725,19 +722,20 @@ def test_ports_discovered_values_match_ss_queue_trigger_and_lifetime(lab, regist
         assert held and all(ss_port('CLOSE_WAIT', p) >= 40 for p in held), held
         for key in (COUNT_KEY + '.listen_overflows', COUNT_KEY + '.listen_drops'):
             assert items[key]['state'] == '0' and float(items[key]['lastvalue'] or 0) >= 0, items[key]
-        if dependent:
-            name = 'TCP port {0}: Accept queue is nearly full'.format(full.port)
-            fired = wait_for('the accept-queue trigger of port {0}'.format(full.port),
-                             lambda: [n for n in _problems(api, GOOD_HOST) if n == name], 90, step=3)
-            log('accept-queue trigger fired {0:.0f}s after the queue filled: {1}'.format(time.time() - start, fired))
-            drops = host_items(api, GOOD_HOST)[COUNT_KEY + '.listen_overflows']
-            log('ListenOverflows per second while the queue is full: {0}'.format(drops['lastvalue']))
-            full.accept_all()
-            cleared = time.time()
-            wait_for('the accept-queue trigger of port {0} to resolve'.format(full.port),
-                     lambda: ['resolved'] if name not in _problems(api, GOOD_HOST) else None, 90, step=3)
-            log('accept-queue trigger resolved {0:.0f}s after the listener accepted (queue {1})'.format(
-                time.time() - cleared, ss_listen_queue(full.port)[0]))
+        # Its name as written in the file this server imported (the 3.4 XML names prototypes by their event name).
+        trigger = [t for t in build_templates.PORT_TRIGGERS if t['id'] == 'port_queue'][0]
+        name = trigger['name' if at_least(lab, '6.0') else 'event_name'].replace('{#PORT}', str(full.port))
+        fired = wait_for('the accept-queue trigger of port {0}'.format(full.port),
+                         lambda: [n for n in _problems(api, GOOD_HOST) if n == name], 90, step=3)
+        log('accept-queue trigger fired {0:.0f}s after the queue filled: {1}'.format(time.time() - start, fired))
+        drops = host_items(api, GOOD_HOST)[COUNT_KEY + '.listen_overflows']
+        log('ListenOverflows per second while the queue is full: {0}'.format(drops['lastvalue']))
+        full.accept_all()
+        cleared = time.time()
+        wait_for('the accept-queue trigger of port {0} to resolve'.format(full.port),
+                 lambda: ['resolved'] if name not in _problems(api, GOOD_HOST) else None, 90, step=3)
+        log('accept-queue trigger resolved {0:.0f}s after the listener accepted (queue {1})'.format(
+            time.time() - cleared, ss_listen_queue(full.port)[0]))
     finally:
         full.stop()
     gone = time.time()

@@ -778,23 +778,45 @@ XML_RULE_REQUIRED = ['name', 'type', 'snmp_community', 'snmp_oid', 'key', 'delay
                      'host_prototypes', 'jmx_endpoint']
 
 
-def test_xml_discovery_is_an_agent_rule_on_the_discovery_key(x, ytemplate):
-    """3.4: agent discovery rules on the table's discovery key, agent item prototypes on its count key (the same
-    keys as the YAML's state prototypes), no queue items, no "does not match" filter (4.0+)."""
+def test_xml_discovery_is_an_agent_rule_on_the_discovery_key(x, ytemplate, real_ports, held_port):
+    """3.4: agent discovery rules on the table's discovery key, no "does not match" filter (4.0+). Per listening
+    port one agent item prototype, the per-port key filtered to that port, and the YAML's prototypes (the same
+    keys: states, accept queue and limit) dependent on it, each a plain JSONPath into the answer's one entry that
+    reads, on the real script's answer for the held port, what the YAML's prototypes read from the host-wide one;
+    per remote port, agent item prototypes on the count key."""
     rules = x.findall('./templates/template/discovery_rules/discovery_rule')
     yrules = _rules(ytemplate)
     assert sorted(r.findtext('key') for r in rules) == sorted(yrules)
+    code, out, err = run_counter('ports', str(held_port))
+    assert code == 0 and err == '', (code, err)
+    one_port = json.loads(out)
+    assert [entry['port'] for entry in one_port['ports']] == [held_port]
     for rule in rules:
         assert [tag for tag in XML_RULE_REQUIRED if rule.find(tag) is None] == []
         assert rule.findtext('type') == '0' and rule.findtext('lifetime') == '{$TCP.PORT.LIFETIME}'
         assert set(c.findtext('operator') for c in rule.findall('filter/conditions/condition')) == {'8'}
-        keys = [p.findtext('key') for p in rule.findall('item_prototypes/item_prototype')]
-        ykeys = [i['key'] for i in yrules[rule.findtext('key')]['item_prototypes']]
-        assert keys == [k for k in ykeys if k.startswith(COUNT_KEY + '[')]
-        for proto in rule.findall('item_prototypes/item_prototype'):
+        protos = rule.findall('item_prototypes/item_prototype')
+        for proto in protos:
             missing = [tag for tag in ('application_prototypes', 'master_item_prototype', 'preprocessing')
                        if proto.find(tag) is None]
-            assert not missing and proto.findtext('type') == '0'
+            assert not missing
+        keys = [p.findtext('key') for p in protos]
+        yprotos = yrules[rule.findtext('key')]['item_prototypes']
+        if rule.findtext('key') == DISCOVERY_KEY:
+            master = PORTS_KEY + '[{#PORT}]'
+            assert keys == [master] + [i['key'] for i in yprotos]
+            assert protos[0].findtext('type') == '0' and protos[0].findtext('value_type') == '4'
+            for proto, yproto in zip(protos[1:], yprotos):
+                assert proto.findtext('type') == '18' and proto.findtext('master_item_prototype/key') == master
+                path = proto.findtext('preprocessing/step/params')
+                assert proto.findtext('preprocessing/step/type') == '12' and path.startswith('$.ports[0].')
+                value = one_port['ports'][0]
+                for part in path[len('$.ports[0].'):].split('.'):
+                    value = value[part]
+                assert value == port_jsonpath(real_ports, yproto['preprocessing'][0]['parameters'][0], held_port)
+        else:
+            assert keys == [i['key'] for i in yprotos if i['key'].startswith(COUNT_KEY + '[')]
+            assert set(p.findtext('type') for p in protos) == {'0'}
         for trigger in rule.findall('trigger_prototypes/trigger_prototype'):
             for host, key, _name, _param in FUNC_34_RE.findall(trigger.findtext('expression')):
                 assert host == TEMPLATE and key in keys
