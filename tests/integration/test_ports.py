@@ -7,9 +7,10 @@ them; half-open request sockets (SYN_RECV) on one; a port with two listeners (12
 them never accepting with a backlog of 2, so that its accept queue fills (the kernel queues backlog + 1) and the
 clients after that stay in SYN_SENT while the listener drops their SYNs (ListenOverflows); a listener of its own
 that never accepts; a listener that stops accepting while handshakes are under way, as on a real network (raw
-clients whose last ACK arrives once the queue is full): their connections stay in SYN_RECV; many idle listeners, more than the default bound of 100 ports and more than fit in the
-answer's 60,000 bytes. Every answer is compared with ``ss -Htan`` per port (local and remote) and ``ss -Hltn``
-(Recv-Q/Send-Q) for the accept queues, and with /proc/net/netstat for ListenOverflows/ListenDrops.
+clients whose last ACK arrives once the queue is full): their connections stay in SYN_RECV; many idle listeners,
+more than the default bound of 100 ports and more than fit in the answer's 60,000 bytes. Every answer is compared
+with ``ss -Htan`` per port (local and remote) and ``ss -Hltn`` (Recv-Q/Send-Q) for the accept queues, and with
+/proc/net/netstat for ListenOverflows/ListenDrops.
 
 Each interpreter's run happens in a fresh network namespace (``unshare --net``): its loopback holds only the
 sockets built here, so the counts are exact. This file is both the test and, run as a script inside the

@@ -25,9 +25,9 @@ own JSON-RPC tasks before 6.0); the assertions read each server's API:
   never-accepting listener (backlog 2, six clients) has the accept queue and backlog ss shows (3 of 2), state
   counts equal to `ss ... '( sport = :P )'`, and its clients' remote port (set as {$TCP.PORT.REMOTE}) the
   ESTABLISHED count of `dport = :P`; its accept-queue trigger fires and resolves once the listener accepts, and
-  the items of one port share one clock (one agent call); the held CLOSE_WAIT sockets fire the per-port CLOSE_WAIT trigger prototype on their
-  port (5.0 too); when the listener closes, its items go at the next discovery (lifetime 0 through the host
-  macro {$TCP.PORT.LIFETIME});
+  the items of one port share one clock (one agent call); the held CLOSE_WAIT sockets fire the per-port
+  CLOSE_WAIT trigger prototype on their port (5.0 too); when the listener closes, its items go at the next
+  discovery (lifetime 0 through the host macro {$TCP.PORT.LIFETIME});
 - on 7.0 (lab.PICTURES_VERSION), after about three minutes of a load that moves the lines, the frontend draws the
   state graph and the host's template dashboard as PNGs (ZTS_E2E_PICTURES=docs/pictures copies them there).
 
