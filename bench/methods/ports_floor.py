@@ -5,7 +5,7 @@
 
 Compiles SCRIPT's source as every run of the installed script does (installed_counter.py), then makes the per-port
 mode's requests with its own functions: a dump of the LISTEN sockets, then a dump of every other state on their
-ports, filtered by the kernel (the same bytecode). It prints the sockets whose local port is a listening port as
+ports, filtered by the kernel (the counter's own listening_request()). It prints the sockets whose local port is a listening port as
 one JSON object of states (the sum of the per-port answer's entries), without the per-port tally, the accept
 queues, the /etc/services names, /proc/net/netstat or the answer's JSON: the difference to the per-port call is
 what those cost; the rest is the kernel filling one message per socket of those ports, which no kernel counter
@@ -24,10 +24,8 @@ def main(argv):
     deadline = counter['_clock']() + counter['NETLINK_TIMEOUT']
     listeners = counter['PortTally']()
     dump(families, state_mask([listen]), deadline, b'', ports=listeners)
-    listening = counter['port_ranges'](sorted(listeners.queues)) if listeners.queues else [(0, 0)]
-    codes = [code for code, _name in counter['STATE_CODES']]
-    others, _full = dump(families, state_mask([code for code in codes if code != listen]), deadline,
-                         counter['port_bytecode'](listening, None))
+    _listening, mask, bytecode = counter['listening_request'](listeners.queues)
+    others, _full = dump(families, mask, deadline, bytecode)
     counts = dict((name, others[code]) for code, name in counter['STATE_CODES'])
     counts['SYN_RECV'] += others[counter['NEW_SYN_RECV']]
     counts['LISTEN'] = sum(listeners.states('local', port)['LISTEN'] for port in listeners.queues)

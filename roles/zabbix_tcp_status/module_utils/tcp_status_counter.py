@@ -1013,6 +1013,15 @@ def _ports_frame(ports_text, remote_text, truncated, overflows, drops):
             '"truncated":{0:d},"listen_overflows":{1:d},"listen_drops":{2:d}}}'.format(truncated, overflows, drops))
 
 
+def listening_request(listening_ports, remote_ranges=None):
+    """The per-port mode's second request, after the dump of the LISTEN sockets: (the listening ports' ranges,
+    the state mask of every state but LISTEN, the bytecode keeping the sockets on those ports or on
+    ``remote_ranges``). The benchmark's floor (bench/methods/ports_floor.py) makes the same request."""
+    listening = port_ranges(sorted(listening_ports)) if listening_ports else [(0, 0)]
+    mask = state_mask([code for code, _name in STATE_CODES if code != LISTEN_CODE])
+    return listening, mask, port_bytecode(listening, remote_ranges, either=True)
+
+
 def count_ports(family='all', local_ports=None, remote_ports=None, max_ports=None, backend='auto'):
     """Count TCP sockets by state per port, in one call.
 
@@ -1060,10 +1069,9 @@ def count_ports(family='all', local_ports=None, remote_ports=None, max_ports=Non
                 # on their ports or on the remote ports asked for, filtered by the kernel: the client ends of
                 # connections (ephemeral local ports) cost no message.
                 _netlink_dump(families, state_mask([LISTEN_CODE]), deadline, b'', ports=tally)
-                listening = port_ranges(sorted(tally.queues)) if tally.queues else [(0, 0)]
+                listening, mask, listening_bytecode = listening_request(tally.queues, remote_ranges)
                 tally.local_table = port_table(listening)
-                _netlink_dump(families, state_mask([code for code in codes if code != LISTEN_CODE]), deadline,
-                              port_bytecode(listening, remote_ranges, either=True), ports=tally)
+                _netlink_dump(families, mask, deadline, listening_bytecode, ports=tally)
             elif name == 'netlink':
                 _netlink_dump(families, state_mask(codes), deadline, bytecode, ports=tally)
             else:
