@@ -484,6 +484,7 @@ PORT_TRIGGERS = [
                        'it leaks sockets (file descriptors). Find it: ss -tanp state close-wait \'( sport = :{#PORT} )\'.',
     },
 ]
+PORT_TRIGGERS_BY_ID = dict((trigger['id'], trigger) for trigger in PORT_TRIGGERS)
 
 
 def _render_expr(fmt, trigger):

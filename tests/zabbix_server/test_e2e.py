@@ -486,11 +486,15 @@ def test_every_state_arrives_and_matches_ss(lab, registered, held_sockets):
         sampler.join(5)
 
 
-def trigger_name(lab, trigger_id):
+def trigger_name(lab, trigger_id, port=None):
     """A trigger's name as the file the role imported on this server writes it: the 3.4 XML keeps the first
-    published names (its importer matches triggers by name)."""
-    trigger = build_templates.TRIGGERS_BY_ID[trigger_id]
-    return trigger['name'] if at_least(lab, '6.0') else trigger['name_34']
+    published names (its importer matches triggers by name) and names the per-port trigger prototypes by their
+    event names (3.4 has none); a per-port trigger's with ``port`` for {#PORT} (user macros left as written)."""
+    if port is None:
+        trigger = build_templates.TRIGGERS_BY_ID[trigger_id]
+        return trigger['name'] if at_least(lab, '6.0') else trigger['name_34']
+    trigger = build_templates.PORT_TRIGGERS_BY_ID[trigger_id]
+    return trigger['name' if at_least(lab, '6.0') else 'event_name'].replace('{#PORT}', str(port))
 
 
 def _problems(api, host):
@@ -530,7 +534,7 @@ def test_triggers_fire_when_crossed_and_resolve_when_cleared(lab, registered, he
 
         # The held sockets' port crosses the per-port CLOSE_WAIT threshold too (50; the trigger prototype, on its
         # discovered port).
-        port_close_wait = 'TCP port {0}: Sockets pile up in CLOSE_WAIT'.format(listener.getsockname()[1])
+        port_close_wait = trigger_name(lab, 'port_close_wait', listener.getsockname()[1])
 
         def fired():
             names = list(_problems(api, GOOD_HOST))
@@ -722,9 +726,7 @@ def test_ports_discovered_values_match_ss_queue_trigger_and_lifetime(lab, regist
         assert held and all(ss_port('CLOSE_WAIT', p) >= 40 for p in held), held
         for key in (COUNT_KEY + '.listen_overflows', COUNT_KEY + '.listen_drops'):
             assert items[key]['state'] == '0' and float(items[key]['lastvalue'] or 0) >= 0, items[key]
-        # Its name as written in the file this server imported (the 3.4 XML names prototypes by their event name).
-        trigger = [t for t in build_templates.PORT_TRIGGERS if t['id'] == 'port_queue'][0]
-        name = trigger['name' if at_least(lab, '6.0') else 'event_name'].replace('{#PORT}', str(full.port))
+        name = trigger_name(lab, 'port_queue', full.port)
         fired = wait_for('the accept-queue trigger of port {0}'.format(full.port),
                          lambda: [n for n in _problems(api, GOOD_HOST) if n == name], 90, step=3)
         log('accept-queue trigger fired {0:.0f}s after the queue filled: {1}'.format(time.time() - start, fired))
