@@ -30,6 +30,7 @@ import os
 import re
 import socket
 import struct
+import time
 
 MAX_INCLUDE_DEPTH = 10
 # The settings the role reads, with the agent's defaults (zabbix_agentd.conf / zabbix_agent2.conf).
@@ -50,7 +51,14 @@ DEFAULTS = {
     'TLSKeyFile': '',
     'TLSServerCertIssuer': '',
     'TLSServerCertSubject': '',
+    'PidFile': '',
 }
+# The compiled-in PidFile of each agent (packages set their own in the config).
+PIDFILE_DEFAULTS = {'agent': '/tmp/zabbix_agentd.pid', 'agent2': '/tmp/zabbix_agent2.pid'}
+# The role's marked blocks: its UserParameters in the main file (when no Include= loads a file of the role's) and
+# its AllowKey lines before the first DenyKey that would deny its keys.
+USERPARAMETER_BLOCK = 'zabbix_tcp_status UserParameters'
+ALLOWKEY_BLOCK = 'zabbix_tcp_status AllowKey'
 # Ansible's backup files: NAME.PID.YYYY-MM-DD@HH:MM:SS~ (module_utils.basic.backup_local).
 ANSIBLE_BACKUP_RE = re.compile(r'\.\d+\.\d{4}-\d\d-\d\d@\d\d:\d\d:\d\d~$')
 LOOPBACK_NAMES = ('localhost', 'localhost.localdomain', 'localhost4', 'localhost6', 'ip6-localhost')
@@ -210,6 +218,66 @@ class AgentConfig(object):
             seen.setdefault(up['key'], []).append('{0}:{1}'.format(up['file'], up['line']))
         return dict((key, places) for key, places in seen.items() if len(places) > 1)
 
+    def block_lines(self, name):
+        """{(file, line)} of every line inside the marked block ``name`` (markers included) in any loaded file."""
+        inside = set()
+        for entry in self.files:
+            lines, _endings = _lines(self._read(entry['path']))
+            start = None
+            for number, line in lines:
+                if line.strip() == '# BEGIN ' + name:
+                    start = number
+                elif line.strip() == '# END ' + name and start is not None:
+                    inside.update((entry['path'], n) for n in range(start, number + 1))
+                    start = None
+        return inside
+
+    def loads(self, path):
+        """Whether an Include= of the agent loads a file at ``path`` (were it a regular file)."""
+        directory, name = os.path.split(path)
+        for entry in self.includes:
+            if entry['kind'] == 'directory' and entry['directory'] == directory:
+                return True
+            if entry['kind'] == 'pattern' and entry['directory'] == directory and fnmatch.fnmatchcase(
+                    name, entry['pattern']):
+                return True
+            if entry['kind'] == 'file' and entry['path'] == path:
+                return True
+        return path == self.path
+
+    def process(self):
+        """The running agent as its PidFile names it: {'pid', 'started' (epoch s)} or {} when none runs."""
+        pidfile = self.setting('PidFile') or PIDFILE_DEFAULTS.get(self.flavour, '')
+        try:
+            with open(self._real(pidfile)) as handle:
+                pid = int(handle.read().split()[0])
+            with open('/proc/{0}/stat'.format(pid)) as handle:
+                fields = handle.read().rsplit(')', 1)
+            with open('/proc/{0}/comm'.format(pid)) as handle:
+                comm = handle.read().strip()
+            with open('/proc/stat') as handle:
+                boot = [int(line.split()[1]) for line in handle if line.startswith('btime ')][0]
+            ticks = int(fields[1].split()[19])
+        except (IOError, OSError, ValueError, IndexError):
+            return {}
+        if not comm.startswith('zabbix_agent'):
+            return {}
+        return {'pid': pid, 'started': boot + ticks / float(os.sysconf('SC_CLK_TCK'))}
+
+    def stale(self):
+        """Why the running agent has not loaded the files on disk (it started before the newest file it loads
+        was written: a restart is owed), or ''. The boot time is known to the second, hence the second's margin."""
+        process = self.process()
+        if not process:
+            return ''
+        newest = max(self.files, key=lambda entry: os.stat(self._real(entry['path'])).st_mtime)
+        written = os.stat(self._real(newest['path'])).st_mtime
+        if written > process['started'] + 1:
+            return ('the running agent (PID {0}, started {1}) has not loaded {2}, written {3:.0f} s after it '
+                    'started'.format(process['pid'], time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(
+                        process['started'])), newest['path'], written - process['started']))
+        return ''
+
     def userparameter_path(self, file_name):
         """Where a UserParameter file named ``file_name`` is loaded by the agent: the first Include (in load
         order) that loads a file of that name, else '' (no Include= would: the role then uses a marked block in
@@ -246,6 +314,135 @@ def plan(config, key_names, script, file_name):
         elif up['file'] != target and not runs_script(up['command'], script) and up['file'] not in foreign:
             foreign.append(up['file'])
     return {'userparameter_path': target, 'foreign_files': foreign, 'stray_backups': stray}
+
+
+# -- item key access rules (AllowKey / DenyKey, agents 5.0+) -------------------------------------------------------
+# The agent's rules, as zabbix_agentd 6.0 applies them (tests/unit/test_agent_config.py; the role tests check them
+# against the real agents): rules are taken in the order the agent reads them (an included file's rules where its
+# Include= line is), the first rule that matches a key decides; no match allows the key (system.run aside, denied
+# by an implicit last rule). A pattern is a key whose name and parameters may hold * (any characters): a pattern
+# without parameters matches only keys without parameters (system.* does not match system.cpu.load[all]), except
+# the pattern * alone, which matches every key; NAME[*] matches NAME[...] with any parameters, not NAME alone.
+def _wildcard(pattern, text):
+    regex = '.*'.join(re.escape(part) for part in pattern.split('*'))
+    return re.match('^' + regex + '$', text, re.S) is not None
+
+
+def _split_pattern(pattern):
+    """(name, parameters or None) of a key pattern."""
+    name, bracket, rest = pattern.strip().partition('[')
+    if not bracket:
+        return name, None
+    rest = rest.rstrip()
+    if rest.endswith(']'):
+        rest = rest[:-1]
+    return name, [param.strip() for param in rest.split(',')]
+
+
+def key_rules(config, skip_block=False):
+    """Every AllowKey/DenyKey rule in the agent's order: {'kind', 'pattern', 'file', 'line'}; skip_block leaves
+    out the lines of the role's own AllowKey block."""
+    skipped = config.block_lines(ALLOWKEY_BLOCK) if skip_block else set()
+    return [{'kind': name, 'pattern': value, 'file': path, 'line': number}
+            for name, value, path, number in config.params
+            if name in ('AllowKey', 'DenyKey') and (path, number) not in skipped]
+
+
+def rule_may_match(pattern, name, form):
+    """Whether a rule can match some key NAME (form 'bare') or NAME[...] (form 'params')."""
+    if pattern.strip() == '*':
+        return True
+    rule_name, params = _split_pattern(pattern)
+    if not _wildcard(rule_name, name):
+        return False
+    return params is None if form == 'bare' else params is not None
+
+
+def rule_covers(pattern, name, form):
+    """Whether a rule matches every key NAME (form 'bare') or every NAME[...] (form 'params')."""
+    if pattern.strip() == '*':
+        return True
+    rule_name, params = _split_pattern(pattern)
+    if not _wildcard(rule_name, name):
+        return False
+    return params is None if form == 'bare' else params == ['*']
+
+
+def denied_keys(config, names):
+    """[{'key', 'rule', 'place'}] for each key form of ``names`` (NAME and NAME[...]) that some request would
+    have denied: the first rule that can match it is a DenyKey, or an AllowKey matching only some of its
+    parameters is followed by a DenyKey that can match."""
+    rules = key_rules(config)
+    denied = []
+    for name in names:
+        for form in ('bare', 'params'):
+            for rule in rules:
+                if rule['kind'] == 'AllowKey' and rule_covers(rule['pattern'], name, form):
+                    break
+                if rule['kind'] == 'DenyKey' and rule_may_match(rule['pattern'], name, form):
+                    entry = {'key': name if form == 'bare' else name + '[*]', 'rule': 'DenyKey=' + rule['pattern'],
+                             'place': '{0}:{1}'.format(rule['file'], rule['line'])}
+                    entry['text'] = '{key} is denied by {rule} ({place})'.format(**entry)
+                    denied.append(entry)
+                    break
+    return denied
+
+
+def allow_lines(names):
+    """The AllowKey lines that allow exactly the role's keys, with and without parameters."""
+    lines = []
+    for name in names:
+        lines.extend(['AllowKey={0}'.format(name), 'AllowKey={0}[*]'.format(name)])
+    return lines
+
+
+def first_denying_rule(config, names):
+    """The first DenyKey (not counting the role's own AllowKey block) that can match a key of ``names``: where the
+    role's AllowKey lines must go. None when no rule denies them."""
+    for rule in key_rules(config, skip_block=True):
+        if rule['kind'] == 'DenyKey' and any(rule_may_match(rule['pattern'], name, form)
+                                             for name in names for form in ('bare', 'params')):
+            return rule
+    return None
+
+
+# -- editing the files the agent loads -----------------------------------------------------------------------------
+def set_block(text, name, body, before_line=0, crlf=False):
+    """``text`` with the marked block ``# BEGIN name`` / ``# END name`` holding the lines ``body``: an empty
+    body removes it; with ``before_line`` (a line number of ``text``) the block goes right before that line, else
+    it stays where it is or is appended at the end. Line endings follow ``crlf``."""
+    newline = '\r\n' if crlf else '\n'
+    lines = text.splitlines(True)
+    begin, end = '# BEGIN ' + name, '# END ' + name
+    start = stop = None
+    for index, line in enumerate(lines):
+        if line.strip() == begin and start is None:
+            start = index
+        elif line.strip() == end and start is not None:
+            stop = index
+            break
+    block = [line + newline for line in [begin] + list(body) + [end]] if body else []
+    if start is not None and stop is not None:
+        del lines[start:stop + 1]
+        at = start
+        if before_line:
+            at = before_line - 1 - (stop + 1 - start if before_line - 1 > stop else 0)
+    else:
+        at = before_line - 1 if before_line else len(lines)
+    if at == len(lines) and lines and not lines[-1].endswith('\n'):
+        lines[-1] += newline
+    lines[at:at] = block
+    return ''.join(lines)
+
+
+def comment_out_foreign(text, names, script, userparameter_path):
+    """``text`` with every UserParameter line for one of ``names`` that does not run ``script`` commented out
+    (the old recipe's: two definitions of a key stop the agent); a line's CR stays at its end."""
+    keys = '(?:{0})\\[\\*\\]'.format('|'.join(re.escape(name) for name in names))
+    regex = re.compile(r'^([ \t]*UserParameter[ \t]*=[ \t]*' + keys + r'[ \t]*,(?![ \t]*' + re.escape(script)
+                       + r'[ \t])[^\r\n]*)(\r?)$', re.M)
+    return regex.sub(lambda match: '# {0}  # replaced by the zabbix_tcp_status role ({1}){2}'.format(
+        match.group(1), userparameter_path, match.group(2)), text)
 
 
 def runs_script(command, script):
@@ -358,6 +555,9 @@ def describe(config_path, flavour='agent', key_names=(), script='', file_name=''
     }
     if key_names:
         result.update(plan(config, key_names, script, file_name))
+        result['denied_keys'] = denied_keys(config, key_names)
+        result['allow_lines'] = allow_lines(key_names)
+        result['stale'] = config.stale()
     if backup_dir:
         top = os.path.normpath(backup_dir)
         inside = [entry for entry in config.includes
