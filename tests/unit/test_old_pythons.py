@@ -12,8 +12,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULE_UTILS = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'roles', 'zabbix_tcp_status', 'module_utils')
-# The counter's parsers and the agent-configuration reader: the module_utils that run on the targets.
-MODULES = ('test_parsing', 'test_agent_config')
+# The counter's parsers, the agent-configuration reader and the transaction: the module_utils that run on the targets.
+MODULES = ('test_parsing', 'test_agent_config', 'test_txn')
 
 
 @pytest.mark.parametrize('module', MODULES)

@@ -242,3 +242,30 @@ def test_discovery_answers():
 def test_per_port_checks_ask_the_whole_host(key, kind):
     with pytest.raises(ValueError):
         verify.answer_problem(ports_answer(), key, kind, QUIET, QUIET, OWN)
+
+
+def test_one_attempts_answers_are_judged_together():
+    """tasks/ask.yml's judgement of an attempt: each answer's value taken out of its frame, a wrong value or a
+    non-zero exit named by key, nothing when every answer is right."""
+    frame = r'\[[a-z]\|(.*)\]\s*$'
+    answers = [
+        {'item': {'key': 'tcp.status[LISTEN]', 'answer': 'count'}, 'rc': 0, 'stdout': 'tcp.status[LISTEN]  [t|3]'},
+        {'item': {'key': 'tcp.status.json', 'answer': 'states'}, 'rc': 0, 'stdout': 'tcp.status.json  [t|%s]' %
+         json_answer()},
+    ]
+    assert verify.answers_problems(answers, frame, QUIET, QUIET, OWN) == {}
+    wrong = [dict(answers[0], stdout='tcp.status[LISTEN]  [t|0]'), dict(answers[1], rc=1)]
+    problems = verify.answers_problems(wrong, frame, QUIET, QUIET, OWN)
+    assert sorted(problems) == ['tcp.status.json', 'tcp.status[LISTEN]']
+    assert 'LISTEN' in problems['tcp.status[LISTEN]'] and problems['tcp.status.json'] == 'exit code 0'
+    unframed = [dict(answers[0], stdout='ZBX_NOTSUPPORTED')]
+    assert verify.answers_problems(unframed, frame, QUIET, QUIET, OWN)['tcp.status[LISTEN]']
+
+
+def test_the_checks_and_the_script_parents():
+    items = [{'key': 'a', 'answer': 'count', 'checks': ['a[X]', 'a[Y]']}, {'key': 'b', 'answer': 'states',
+                                                                          'checks': ['b']}]
+    assert verify.checks(items) == [{'key': 'a[X]', 'answer': 'count'}, {'key': 'a[Y]', 'answer': 'count'},
+                                    {'key': 'b', 'answer': 'states'}]
+    assert verify.parents('/etc/zabbix/') == ['/etc/zabbix', '/etc', '/']
+    assert verify.parents('/') == ['/']

@@ -238,6 +238,36 @@ def _discovery_problem(answer, before, after, own, tolerance):
     return ''
 
 
+def answers_problems(answers, value_regex, before, after, own=None, tolerance=0):
+    """{key: what was expected instead} for every answer of one attempt (tasks/ask.yml) that is wrong: a non-zero
+    exit, or a value (group 1 of ``value_regex`` in the command's output: the item test frames its value) that
+    answer_problem rejects; empty when every answer is right. ``answers`` are zabbix_tcp_status_ask's results,
+    each with its check ({key, answer}) as ``item``."""
+    problems = {}
+    for answer in answers:
+        found = re.search(value_regex, answer.get('stdout') or '', re.M)
+        value = found.group(1) if found else ''
+        check = answer['item']
+        problem = answer_problem(value, check['key'], check['answer'], before, after, own, tolerance)
+        if answer.get('rc') != 0 or problem:
+            problems[check['key']] = problem or 'exit code 0'
+    return problems
+
+
+def checks(items):
+    """Every key the item table asks after a change, with the answer it must give: [{key, answer}]."""
+    return [{'key': key, 'answer': row['answer']} for row in items for key in row['checks']]
+
+
+def parents(path):
+    """A directory and each of its parents, deepest first: /etc/zabbix -> ['/etc/zabbix', '/etc', '/']."""
+    parts = path.rstrip('/').split('/')
+    return ['/'.join(parts[:index]) or '/' for index in range(len(parts), 0, -1)]
+
+
 class FilterModule(object):
     def filters(self):
-        return {'zabbix_tcp_status_answer_problem': answer_problem}
+        return {'zabbix_tcp_status_answer_problem': answer_problem,
+                'zabbix_tcp_status_answers_problems': answers_problems,
+                'zabbix_tcp_status_checks': checks,
+                'zabbix_tcp_status_parents': parents}

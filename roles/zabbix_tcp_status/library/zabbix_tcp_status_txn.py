@@ -192,6 +192,8 @@ from ansible.module_utils.zabbix_tcp_status_txn import (
 def begin(module, lock, journal):
     result = lock.acquire(module.params['lock_timeout'])
     out = {'changed': False, 'waited': result['waited'], 'restart_reasons': []}
+    if result.get('waited_for'):
+        module.warn('Waited {0} s for {1} to finish.'.format(result['waited'], describe_run(result['waited_for'])))
     if result['taken_over']:
         out['taken_over'] = dict(result['taken_over'], reason=result['reason'])
         module.warn('Took over the lock of {0}: {1}.'.format(describe_run(result['taken_over']), result['reason']))

@@ -250,7 +250,7 @@ class Lock(object):
 
     def acquire(self, timeout):
         """Take the lock, waiting up to ``timeout`` seconds for a live holder. Returns {'waited': s,
-        'taken_over': holder or None, 'reason': why it was dead}."""
+        'taken_over': holder or None, 'reason': why it was dead, 'waited_for': the live holder waited for}."""
         started = self.now()
         result = {'waited': 0, 'taken_over': None, 'reason': ''}
 
@@ -258,7 +258,7 @@ class Lock(object):
             if holder and holder.get('id') != self.run['id']:
                 reason = self.dead(holder)
                 if not reason:
-                    result['busy'] = holder
+                    result['busy'] = result['waited_for'] = holder
                     return False
                 result['taken_over'], result['reason'] = holder, reason
             result.pop('busy', None)

@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 """A test's controller killer: with ZTS_KILL_AT=NAME in the environment, ansible-playbook sends itself
 ZTS_KILL_SIGNAL (default KILL) when the task (or handler) whose name contains NAME is about to start, for its
-ZTS_KILL_NTH (default 1) start. Its workers are idle then, so the kill falls exactly on that task boundary. Used by
-tests/role/test_role_faults.py; enabled there with ANSIBLE_CALLBACKS_ENABLED=zts_kill_at."""
+ZTS_KILL_NTH (default 1) start. Its workers are idle then, so the kill falls exactly on that task boundary. With
+ZTS_RECORD=FILE it appends the name of every task start to FILE instead (the boundaries listed in docs/FAULTS.md).
+Used by tests/role/test_role_faults.py; enabled there with ANSIBLE_CALLBACKS_ENABLED=zts_kill_at."""
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -34,9 +35,13 @@ class CallbackModule(CallbackBase):
         self.nth = int(os.environ.get('ZTS_KILL_NTH', '1'))
         self.signal = getattr(signal, 'SIG' + os.environ.get('ZTS_KILL_SIGNAL', 'KILL'))
         self.seen = 0
+        self.record = os.environ.get('ZTS_RECORD', '')
 
     def _start(self, task):
         name = task.get_name()
+        if self.record:
+            with open(self.record, 'a') as handle:
+                handle.write(name + '\n')
         if self.wanted and self.wanted in name:
             self.seen += 1
             if self.seen == self.nth:
