@@ -42,7 +42,7 @@ def agent_denies(binary, config, key):
 CASES = [('agent', rules) for rules in RULE_SETS] + [('agent2', rules) for rules in RULE_SETS[:4]]
 
 
-@pytest.mark.parametrize('flavour,rules', CASES, ids=lambda value: ','.join(value) if isinstance(value, list) else value)
+@pytest.mark.parametrize('flavour,rules', CASES, ids=lambda v: ','.join(v) if isinstance(v, list) else v)
 def test_denied_key_forms_are_the_agents(tmp_path, flavour, rules):
     binary = AGENTS[flavour][0]
     if not os.path.exists(binary):

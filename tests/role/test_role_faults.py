@@ -218,10 +218,14 @@ def include_mount(recipe_host):
     assert run(['mount', '-t', 'tmpfs', '-o', 'size=64k,mode=0755', 'zts-include', INCLUDE_DIR]).rc == 0
     for path, text in saved.items():
         write(path, text)
+    # The agent restarted on the files as they are now (else it has not loaded them, and the run restarts it).
+    assert run(['service', 'zabbix-agent', 'restart']).rc == 0
+    wait_for_agent()
     try:
         yield INCLUDE_DIR
     finally:
         run(['umount', INCLUDE_DIR])
+        run(['service', 'zabbix-agent', 'restart'])
 
 
 @pytest.mark.parametrize('fault', ['full', 'read-only'])
@@ -271,6 +275,16 @@ def test_a_key_whitelist_fails_before_any_change_or_gets_exactly_our_allow_lines
         assert 'zabbix_tcp_status_allow_keys: true' in refused.text and 'Nothing was changed' in refused.text
         assert_same(before, snapshot())
         assert agent_pid() == pid
+        if where == 'deny-ours':
+            # The agent drops a DenyKey whose pattern an AllowKey above it has (and then the AllowKey too): the
+            # role cannot allow the key and says so, before any change.
+            conflict = playbook('-e', 'zabbix_tcp_status_allow_keys=true')
+            assert conflict.rc != 0
+            assert re.search(r'DenyKey=tcp.status\[\*\] \(%s:\d+\) names a key of the role exactly' % re.escape(CONFIG),
+                             conflict.text), conflict.tail()
+            assert 'Nothing was changed' in conflict.text
+            assert_same(before, snapshot())
+            return
         # Allowed, but the verify fails: the AllowKey lines are rolled back with the rest.
         failing = playbook('-e', 'zabbix_tcp_status_allow_keys=true',
                            '-e', 'zabbix_tcp_status_python=' + fake_python('all_zero', only_running_agent=True))
@@ -308,13 +322,17 @@ def test_a_psk_verified_from_another_host_is_never_left_on_it(recipe_host, tmp_p
                          '      ansible_python_interpreter: "{{ ansible_playbook_python }}"\n'
                          'verifiers:\n  hosts:\n    zts-verifier:\n      ansible_connection: local\n'
                          '      ansible_python_interpreter: "{{ ansible_playbook_python }}"\n')
-    extra = ['-i', str(inventory), '-e', 'zabbix_tcp_status_verify_from=zts-verifier']
+    # The verifier is this machine under another name: its zabbix_get connection is counted on both ends, one
+    # ESTABLISHED socket more than a verifier elsewhere adds (the tolerance of one).
+    extra = ['-i', str(inventory), '-e', 'zabbix_tcp_status_verify_from=zts-verifier',
+             '-e', 'zabbix_tcp_status_verify_address=127.0.0.1', '-e', 'zabbix_tcp_status_verify_tolerance=1']
     try:
         set_config(lambda text: text + 'TLSConnect=psk\nTLSAccept=psk\nTLSPSKIdentity=zts-test\nTLSPSKFile=%s\n' % psk,
                    wait=False)
         time.sleep(1)
-        killed_playbook('Ask every key, attempt 1', nth=2, extra=extra + ['-e', 'zabbix_tcp_status_json_key=tcp.status.p'])
-        result = playbook(*(extra + ['-e', 'zabbix_tcp_status_json_key=tcp.status.p']))
+        extra += ['-e', 'zabbix_tcp_status_json_key=tcp.status.p']
+        killed_playbook('Ask every key, attempt 1', nth=2, extra=extra)
+        result = playbook(*extra)
         assert result.rc == 0, result.tail()
         left = subprocess.run(['grep', '-rl', secret, '/tmp', '/root/.ansible'], capture_output=True, text=True)
         assert left.stdout == '', 'the PSK is on disk: ' + left.stdout

@@ -16,8 +16,8 @@ import sys
 import tempfile
 import unittest
 
-from zabbix_agent_config import (ALLOWKEY_BLOCK, AgentConfig, allow_lines, comment_out_foreign, denied_keys,
-                                 first_denying_rule, set_block)
+from zabbix_agent_config import (ALLOWKEY_BLOCK, AgentConfig, allow_conflicts, allow_lines, comment_out_foreign,
+                                 denied_keys, first_denying_rule, set_block)
 from zabbix_tcp_status_txn import (TMP_DIR_NAME, Journal, Lock, TxnError, apply_changes, atomic_write, read_bytes,
                                    undo)
 
@@ -237,6 +237,12 @@ class KeyRulesTest(Dir):
     def test_an_allow_of_some_parameters_does_not_cover_a_later_deny(self):
         config = self.config('AllowKey=tcp.status[LISTEN]\nAllowKey=tcp.status\nDenyKey=*\n')
         self.assertEqual([d['key'] for d in denied_keys(config, ['tcp.status'])], ['tcp.status[*]'])
+
+    def test_a_deny_of_exactly_our_pattern_cannot_be_allowed(self):
+        config = self.config('DenyKey=tcp.status[*]\nDenyKey=tcp.*\n')
+        self.assertEqual(allow_conflicts(config, KEYS), ['DenyKey=tcp.status[*] ({0}:1) names a key of the role '
+                                                         'exactly'.format(self.path('zabbix_agentd.conf'))])
+        self.assertEqual(allow_conflicts(self.config('DenyKey=*\n'), KEYS), [])
 
     def test_the_allow_block_goes_before_the_first_denying_rule_and_stays_there(self):
         text = 'Server=127.0.0.1\nAllowKey=agent.*\nDenyKey=*\nTimeout=3\n'

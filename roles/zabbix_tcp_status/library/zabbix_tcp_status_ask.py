@@ -64,7 +64,8 @@ results:
   returned: always
   type: list
   elements: dict
-  sample: [{"item": {"key": "agent.ping"}, "rc": 0, "stdout": "1", "stderr": "", "cmd": ["zabbix_get", "-k", "agent.ping"]}]
+  sample: [{"item": {"key": "agent.ping"}, "rc": 0, "stdout": "1", "stderr": "",
+            "cmd": ["zabbix_get", "-k", "agent.ping"]}]
 waited:
   description: Seconds spent waiting for the first answer.
   returned: always

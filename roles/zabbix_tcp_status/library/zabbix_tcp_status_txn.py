@@ -85,11 +85,16 @@ options:
     type: path
     default: /var/lib/zabbix_tcp_status/backup
   restart_reasons:
-    description: Why the agent is owed a restart even when no file changes (a recovered journal, an agent that has
-      not loaded its files); recorded in the journal.
+    description: Why the agent is owed a restart even when no file changes (a recovered journal); recorded in the
+      journal.
     type: list
     elements: str
     default: []
+  stale:
+    description: Why the running agent has not loaded the files on disk (empty when it has); the agent is owed a
+      restart, and the module warns with the reason.
+    type: str
+    default: ""
   undo:
     description: With O(action=rollback), put back the journal's changes; false keeps the changed files.
     type: bool
@@ -284,6 +289,9 @@ def apply(module, lock, journal):
     run = lock.run
     changes, diffs = apply_changes(wanted, params['backup_dir'], journal, run, stamp, module.check_mode)
     reasons = list(params['restart_reasons'])
+    if params['stale']:
+        module.warn('Restarting the agent: {0}.'.format(params['stale']))
+        reasons.append(params['stale'])
     if diffs:
         reasons.insert(0, 'changed: ' + ', '.join(diff['after_header'] for diff in diffs))
     if moved:
@@ -328,6 +336,7 @@ def main():
             allow_keys=dict(type='bool', default=False),
             backup_dir=dict(type='path', default='/var/lib/zabbix_tcp_status/backup'),
             restart_reasons=dict(type='list', elements='str', default=[]),
+            stale=dict(type='str', default=''),
             undo=dict(type='bool', default=True),
         ),
         supports_check_mode=True,

@@ -348,24 +348,17 @@ def key_rules(config, skip_block=False):
             if name in ('AllowKey', 'DenyKey') and (path, number) not in skipped]
 
 
-def rule_may_match(pattern, name, form):
-    """Whether a rule can match some key NAME (form 'bare') or NAME[...] (form 'params')."""
+def rule_matches(pattern, name, form, every=False):
+    """Whether a rule can match some key NAME (form 'bare') or some NAME[...] (form 'params'); with ``every``,
+    whether it matches every such key."""
     if pattern.strip() == '*':
         return True
     rule_name, params = _split_pattern(pattern)
     if not _wildcard(rule_name, name):
         return False
-    return params is None if form == 'bare' else params is not None
-
-
-def rule_covers(pattern, name, form):
-    """Whether a rule matches every key NAME (form 'bare') or every NAME[...] (form 'params')."""
-    if pattern.strip() == '*':
-        return True
-    rule_name, params = _split_pattern(pattern)
-    if not _wildcard(rule_name, name):
-        return False
-    return params is None if form == 'bare' else params == ['*']
+    if form == 'bare':
+        return params is None
+    return params == ['*'] if every else params is not None
 
 
 def denied_keys(config, names):
@@ -377,9 +370,9 @@ def denied_keys(config, names):
     for name in names:
         for form in ('bare', 'params'):
             for rule in rules:
-                if rule['kind'] == 'AllowKey' and rule_covers(rule['pattern'], name, form):
+                if rule['kind'] == 'AllowKey' and rule_matches(rule['pattern'], name, form, every=True):
                     break
-                if rule['kind'] == 'DenyKey' and rule_may_match(rule['pattern'], name, form):
+                if rule['kind'] == 'DenyKey' and rule_matches(rule['pattern'], name, form):
                     entry = {'key': name if form == 'bare' else name + '[*]', 'rule': 'DenyKey=' + rule['pattern'],
                              'place': '{0}:{1}'.format(rule['file'], rule['line'])}
                     entry['text'] = '{key} is denied by {rule} ({place})'.format(**entry)
@@ -396,11 +389,21 @@ def allow_lines(names):
     return lines
 
 
+def allow_conflicts(config, names):
+    """The DenyKey rules whose pattern is one of the role's AllowKey lines: the agent drops such a DenyKey ("conflicts
+    with another rule defined above") once the AllowKey precedes it, and then the AllowKey with it, so the role
+    cannot allow its keys there. ['DenyKey=... (file:line) ...']."""
+    mine = set(line.partition('=')[2] for line in allow_lines(names))
+    return ['DenyKey={0} ({1}:{2}) names a key of the role exactly'.format(rule['pattern'], rule['file'], rule['line'])
+            for rule in key_rules(config, skip_block=True)
+            if rule['kind'] == 'DenyKey' and rule['pattern'].strip() in mine]
+
+
 def first_denying_rule(config, names):
     """The first DenyKey (not counting the role's own AllowKey block) that can match a key of ``names``: where the
     role's AllowKey lines must go. None when no rule denies them."""
     for rule in key_rules(config, skip_block=True):
-        if rule['kind'] == 'DenyKey' and any(rule_may_match(rule['pattern'], name, form)
+        if rule['kind'] == 'DenyKey' and any(rule_matches(rule['pattern'], name, form)
                                              for name in names for form in ('bare', 'params')):
             return rule
     return None
@@ -557,6 +560,7 @@ def describe(config_path, flavour='agent', key_names=(), script='', file_name=''
         result.update(plan(config, key_names, script, file_name))
         result['denied_keys'] = denied_keys(config, key_names)
         result['allow_lines'] = allow_lines(key_names)
+        result['allow_conflicts'] = allow_conflicts(config, key_names)
         result['stale'] = config.stale()
     if backup_dir:
         top = os.path.normpath(backup_dir)
