@@ -284,7 +284,10 @@ def apply(module, lock, journal):
         # Backups an earlier version of the role left where the agent loads them: moved out, never put back.
         for stray in placed['stray_backups']:
             backup_file(stray, params['backup_dir'], stamp)
-            os.unlink(stray)
+            try:
+                os.unlink(stray)
+            except OSError as exc:
+                raise TxnError('cannot remove {0}: {1}'.format(stray, exc.strerror or exc))
             moved.append(stray)
     run = lock.run
     changes, diffs = apply_changes(wanted, params['backup_dir'], journal, run, stamp, module.check_mode)
